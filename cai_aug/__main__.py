@@ -1,0 +1,5 @@
+import sys
+
+from cai_aug.cli import main
+
+sys.exit(main())

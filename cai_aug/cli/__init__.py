@@ -1,0 +1,48 @@
+"""The ``cai-aug`` command line: one sub-command per module, registered lazily."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (sub-command module, its one-line help). Each module defines ``register(subparsers)`` which adds
+# its parser and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
+SUBCOMMANDS = (
+    "cai_aug.cli.synth",
+    "cai_aug.cli.demo",
+    "cai_aug.cli.build_bank",
+    "cai_aug.cli.cdm",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cai-aug", description="Cross-domain anomaly injection: realistic pseudo anomalies."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"cai-aug {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``cai-aug synth``: a folder of normal images -> an MVTec-style folder of pseudo anomalies."""
+
+from __future__ import annotations
+
+import argparse
+
+from cai_aug.bank import AnomalyBank
+from cai_aug.offline import run_local
+from cai_aug.pipeline import CAI
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the sub-commands that run the engine."""
+    parser.add_argument("--per-image", type=int, default=10, help="pseudo anomalies per normal image (10)")
+    parser.add_argument("--mode", choices=("normal", "mixed"), default="normal", help="Poisson guidance")
+    parser.add_argument("--quotas", default="4:3:3", help="large:medium:small quotas (4:3:3)")
+    parser.add_argument("--classes", nargs="+", default=None, help="restrict the bank to these classes")
+    parser.add_argument("--exclude", nargs="+", default=None, help="source datasets or ids to leave out")
+    parser.add_argument("--foreground", default="auto", choices=("auto", "none", "rembg"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+
+
+def parse_quotas(text: str) -> tuple[float, float, float]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"--quotas must look like 4:3:3 (large:medium:small), got {text!r}")
+    return tuple(float(p) for p in parts)  # type: ignore[return-value]
+
+
+def make_engine(args: argparse.Namespace) -> CAI:
+    bank = AnomalyBank.from_folder(args.bank, classes=args.classes, exclude=args.exclude, progress=True)
+    return CAI(
+        bank,
+        mode=args.mode,
+        quotas=parse_quotas(args.quotas),
+        foreground=args.foreground,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("synth", help="make pseudo anomalies for a folder of normal images")
+    parser.add_argument("--normal", required=True, help="folder of normal images (searched recursively)")
+    parser.add_argument("--bank", required=True, help="anomaly bank folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    add_engine_options(parser)
+    parser.add_argument("--resume", action="store_true", help="continue a run that was stopped")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: a local instance)")
+    parser.add_argument("--workers", type=int, default=None, help="Ray actors")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per Ray batch")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        from cai_aug.ray import run_ray  # optional stack
+
+        output = run_ray(args)
+    else:
+        output = run_local(args.normal, make_engine(args), args.out, per_image=args.per_image, resume=args.resume)
+    print(f"wrote {len(output.records())} pseudo anomalies to {output.root} (preview: {output.root / 'preview.png'})")
+    return 0

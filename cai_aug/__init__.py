@@ -17,7 +17,7 @@ _EXPORTS = {
     "CAIResult": "cai_aug.pipeline",
     "poisson_blend": "cai_aug.poisson",
     "PoissonStats": "cai_aug.poisson",
-    "synthesize": "cai_aug.synthesize",
+    "synthesize": "cai_aug.multiscale",
     "sample_key": "cai_aug.rng",
     "CAIDataset": "cai_aug.dataset",
     "CAIAugment": "cai_aug.augment",

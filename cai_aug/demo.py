@@ -122,7 +122,7 @@ def write_demo_bank(path: str | Path, per_class: int = 6, seed: int = 0) -> Path
         folder = root / kind
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            size = int(rng.choice([64, 128, 192, 256]))
+            size = int(rng.choice([64, 128, 224, 320]))
             image, mask = _defect(kind, rng, size)
             source_id = f"demo_{kind}_{index:02d}"
             write_image(folder / f"{source_id}.png", image)

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         print(f"cai-aug {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -79,11 +79,12 @@ def _defect(kind: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray,
             heading += rng.normal(0, 0.35 if kind == "crack" else 0.05)
             points.append(points[-1] + 0.03 * np.array([math.sin(heading), math.cos(heading)]))
         points = np.clip(np.array(points), -0.9, 0.9)
-        distance = torch.full((size, size), 9.0)
-        for (y0, x0), (y1, x1) in zip(points[:-1], points[1:]):
-            dy, dx = y1 - y0, x1 - x0
-            t = (((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-9)).clamp(0, 1)
-            distance = torch.minimum(distance, ((yy - y0 - t * dy) ** 2 + (xx - x0 - t * dx) ** 2).sqrt())
+        start = torch.from_numpy(points[:-1]).float()[:, :, None, None]  # (S, 2, 1, 1)
+        delta = torch.from_numpy(points[1:] - points[:-1]).float()[:, :, None, None]
+        offset_y, offset_x = yy[None] - start[:, 0], xx[None] - start[:, 1]  # (S, size, size)
+        length = (delta**2).sum(dim=1).clamp(min=1e-9)
+        t = ((offset_y * delta[:, 0] + offset_x * delta[:, 1]) / length).clamp(0, 1)
+        distance = ((offset_y - t * delta[:, 0]) ** 2 + (offset_x - t * delta[:, 1]) ** 2).sqrt().amin(dim=0)
         width = (0.025 if kind == "crack" else 0.012) * (1 + 0.5 * rng.random())
         mask = distance < width
         profile = (1 - distance / width).clamp(0, 1)

@@ -22,13 +22,26 @@ def all_foreground(images: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(images[:, :1], dtype=torch.bool)
 
 
+def box_count(mask: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Number of set pixels of ``(B, 1, H, W)`` in the window ``[i - before, i + after]`` of each pixel
+    (both axes; zero padded), by running sums: O(1) per pixel whatever the window size (CPU pooling
+    with stride 1 is O(k) per pixel and slow)."""
+    counts = mask.float()
+    for dim in (-1, -2):
+        size = counts.shape[dim]
+        pad = [0, 0, 0, 0]
+        pad[0 if dim == -1 else 2] = before + 1
+        pad[1 if dim == -1 else 3] = after
+        running = F.pad(counts, pad).cumsum(dim=dim)
+        counts = running.narrow(dim, before + after + 1, size) - running.narrow(dim, 0, size)
+    return counts
+
+
 def dilate(mask: torch.Tensor, size: int) -> torch.Tensor:
     """Binary dilation of ``(B, 1, H, W)`` bool by a ``size x size`` square (even sizes allowed)."""
     if size <= 1:
         return mask
-    before, after = (size - 1) // 2, size // 2
-    padded = F.pad(mask.float(), (before, after, before, after))
-    return F.max_pool2d(padded, size, stride=1) > 0.5
+    return box_count(mask, (size - 1) // 2, size // 2) > 0.5
 
 
 def erode(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -71,10 +84,10 @@ def border_background(
     frame[border:-border, border:-border] = False
     pixels = images[:, :, frame]  # (B, C, P)
     colour = pixels.median(dim=2).values  # (B, C)
-    frame_distance = (pixels - colour[..., None]).norm(dim=1)  # (B, P)
+    frame_distance = (pixels - colour[..., None]).square().sum(dim=1).sqrt()  # (B, P)
     spread = 1.4826 * frame_distance.median(dim=1).values
     threshold = torch.maximum(4 * spread, torch.full_like(spread, min_contrast))
-    distance = (images - colour[..., None, None]).norm(dim=1, keepdim=True)
+    distance = (images - colour[..., None, None]).square().sum(dim=1, keepdim=True).sqrt()
     foreground = distance > threshold[:, None, None, None]
     size = max(3, min(height, width) // 64)
     foreground = close(open_(foreground, size), 2 * size + 1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from cai_aug.foreground import box_count
 
 
 def majority_filter(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -15,8 +16,7 @@ def majority_filter(mask: torch.Tensor, size: int) -> torch.Tensor:
         return mask
     if size % 2 == 0:
         raise ValueError(f"median filter size must be odd, got {size}")
-    share = F.avg_pool2d(mask.float(), size, stride=1, padding=size // 2, count_include_pad=True)
-    return share > 0.5
+    return box_count(mask, size // 2, size // 2) > (size * size) / 2
 
 
 def difference_mask(

@@ -167,14 +167,12 @@ class CAI:
         return rng.sample_keys(self.seed, image_keys, anomaly_index, epoch)
 
     def _default_keys(self, batch: int) -> torch.Tensor:
+        """``(seed, rank, call counter, position)`` keys for a batch without image keys."""
         rank = 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank = torch.distributed.get_rank()
-        call = next(self._calls)
-        return torch.tensor(
-            [rng.sample_key(self.seed, "rank", rank, "call", call, position) for position in range(batch)],
-            dtype=torch.int64,
-        )
+        base = torch.tensor(rng.sample_key(self.seed, "rank", rank, "call", next(self._calls)))
+        return rng.fold(base, torch.arange(batch))
 
     # ------------------------------------------------------------------ call
     def __call__(

@@ -104,6 +104,12 @@ def derive(keys: torch.Tensor, *parts: int) -> torch.Tensor:
     return out
 
 
+def fold(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-sample sub-keys: ``keys (B,)`` (or one key broadcast) folded with integer ``values (B,)``."""
+    hashed = _mix(values.to(torch.int64) + _signed(_GOLDEN))
+    return _mix(keys.to(torch.int64) ^ hashed)
+
+
 def bits(keys: torch.Tensor, stream: int, count: int = 1) -> torch.Tensor:
     """Random 64-bit words ``(B, count)`` int64, a pure function of ``(key, stream, draw index)``."""
     keys = keys.to(torch.int64).reshape(-1, 1)

@@ -61,3 +61,31 @@ def test_estimator_with_wrong_shape_is_an_error():
     cache = ForegroundCache(lambda x: torch.ones(1, 1, 4, 4))
     with pytest.raises(ValueError, match="foreground estimator returned shape"):
         cache(torch.rand(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+def test_dilation_is_the_any_over_a_square_window(size):
+    import numpy as np
+
+    from cai_aug.foreground import dilate
+
+    mask = np.random.default_rng(size).random((2, 25, 31)) > 0.93
+    ours = dilate(torch.from_numpy(mask)[:, None], size)[:, 0].numpy()
+    before, after = (size - 1) // 2, size // 2
+    padded = np.pad(mask, ((0, 0), (before, after), (before, after)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(1, 2))
+    assert np.array_equal(ours, windows.any(axis=(-2, -1)))
+
+
+def test_rembg_real_model_path():
+    from cai_aug.foreground_rembg import model_path
+
+    if not model_path("u2netp").exists():
+        pytest.skip(
+            f"no rembg model at {model_path('u2netp')}: rembg only downloads its weights and no package "
+            "ships them, so the real matting path cannot run offline here"
+        )
+    pytest.importorskip("rembg", reason="rembg is not installed (pip install 'cai_aug[rembg]')")
+    image, disc = _object_on_plain_background()
+    found = resolve("rembg")(image)[0, 0]
+    assert (found & disc).sum() / (found | disc).sum() > 0.5

@@ -41,3 +41,8 @@ def test_keys_are_stable_across_processes():
     code = "from cai_aug import rng; print(rng.sample_key(7, 'dir/img.png', 3, 2))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) == rng.sample_key(7, "dir/img.png", 3, 2)
+
+
+def test_fold_gives_distinct_keys_per_position():
+    keys = rng.fold(torch.tensor(rng.sample_key(0, "call", 1)), torch.arange(1000))
+    assert keys.unique().numel() == 1000

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from cai_aug.imageio import is_image_file, read_image, read_mask, to_tensor, write_image, write_mask
+from cai_aug.multiscale import PseudoAnomaly, synthesize
 from cai_aug.pipeline import CAI
 from cai_aug.preview import save_contact_sheet
-from cai_aug.multiscale import PseudoAnomaly, synthesize
 
 MANIFEST = "manifest.jsonl"
 

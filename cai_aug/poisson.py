@@ -39,6 +39,9 @@ CHECK_EVERY = 4
 STOP_FACTOR = 0.3
 # bytes per canvas pixel and channel (CG vectors + multigrid temporaries, 4/3 for the coarse levels)
 _VALUE_ARRAYS = 11.0
+# share of the free GPU memory a solve may use before a batch is split; CPU budget in bytes
+MEMORY_FRACTION = 0.6
+CPU_MEMORY_BUDGET = 2 * 1024**3
 _WEIGHT_ARRAYS = 8.0
 
 
@@ -140,10 +143,13 @@ def _max_samples(device: torch.device, canvas_pixels: int, channels: int, itemsi
     per_sample = _bytes_per_pixel(channels, itemsize) * canvas_pixels
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget = 0.6 * free
+        # memory torch has cached but not handed out is free for us too
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        budget = MEMORY_FRACTION * free
     else:
-        budget = 2.0 * 1024**3
-    return max(1, int(budget // max(per_sample, 1.0)))
+        budget = CPU_MEMORY_BUDGET
+    # CUDA grids take at most 65535 (sample, channel) planes in y
+    return max(1, min(int(budget // max(per_sample, 1.0)), 65535 // max(channels, 1)))
 
 
 def _gather(
@@ -349,7 +355,10 @@ def poisson_blend(
 
     y0s, x0s, hs, ws, nonempty = _rois(mask)
     todo = [i for i in range(bsz) if nonempty[i]]
-    full = [i for i in todo if hs[i] == h and ws[i] == w and bool(mask[i].all())]
+    spanning = [i for i in todo if hs[i] == h and ws[i] == w]
+    # one sync for all candidates: only masks whose ROI spans the image can cover all of it
+    covered = mask[spanning].flatten(1).all(dim=1).tolist() if spanning else []
+    full = [i for i, cov in zip(spanning, covered) if cov]
     if full:
         raise ValueError(
             f"poisson_blend: the mask of sample(s) {full} covers the whole image: without any known "
@@ -392,11 +401,8 @@ def _solve_group(
 ) -> None:  # fmt: skip
     """Gather one group of samples into canvases, solve, scatter the unknowns back (in place)."""
     device = t_work.device
-    idx = torch.tensor(sel, device=device)
-    y0t = torch.tensor(y0, device=device)
-    x0t = torch.tensor(x0, device=device)
-    ht = torch.tensor(hs, device=device)
-    wt = torch.tensor(ws, device=device)
+    # one host-to-device copy for all per-sample integers of the group
+    idx, y0t, x0t, ht, wt = torch.tensor([sel, y0, x0, hs, ws], dtype=torch.int64).to(device).unbind(0)
     t = _gather(t_work, idx, y0t, x0t, hc, wc)
     s = _gather(s_work, idx, y0t, x0t, hc, wc)
     inside = (torch.arange(hc, device=device)[None, :, None] < ht[:, None, None]) & (

@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cai_aug import poisson
 from cai_aug.poisson import PoissonStats, poisson_blend
 
 # ----------------------------------------------------------------------------------------------------
@@ -58,14 +59,8 @@ def reference_blend(target: np.ndarray, source: np.ndarray, mask: np.ndarray, mo
 def images(b: int, c: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Smooth-plus-noise target and source ``(B, C, H, W)`` float64."""
     g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
-    t = (
-        0.5
-        + 0.3 * torch.sin(yy / 7.0 + xx / 11.0)
-        + 0.1 * torch.rand(b, c, h, w, generator=g, dtype=torch.float64)
-    )
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    t = 0.5 + 0.3 * torch.sin(yy / 7.0 + xx / 11.0) + 0.1 * torch.rand(b, c, h, w, generator=g, dtype=torch.float64)
     s = 0.4 * torch.cos(xx / 5.0) + 0.3 * torch.rand(b, c, h, w, generator=g, dtype=torch.float64)
     return t, s
 
@@ -205,11 +200,18 @@ def test_sample_alone_equals_sample_in_batch() -> None:
     t, s = images(len(masks), 3, 48, 48, seed=5)
     batched, stats_b = poisson_blend(t.float(), s.float(), masks, return_stats=True)
     for i in range(len(masks)):
-        alone, stats_a = poisson_blend(
-            t[i : i + 1].float(), s[i : i + 1].float(), masks[i : i + 1], return_stats=True
-        )
+        alone, stats_a = poisson_blend(t[i : i + 1].float(), s[i : i + 1].float(), masks[i : i + 1], return_stats=True)
         assert stats_a.iterations[0] == stats_b.iterations[i]
         assert torch.allclose(alone[0], batched[i], atol=1e-5), f"sample {i}"
+
+
+def test_a_batch_split_into_chunks_gives_the_same_result(monkeypatch) -> None:
+    masks = torch.from_numpy(batch_masks())[:, None]
+    t, s = images(len(masks), 3, 48, 48, seed=6)
+    whole = poisson_blend(t.float(), s.float(), masks)
+    monkeypatch.setattr(poisson, "CPU_MEMORY_BUDGET", 1)  # one canvas per chunk
+    split = poisson_blend(t.float(), s.float(), masks)
+    assert torch.allclose(whole, split, atol=1e-6)
 
 
 def test_mask_without_channel_dim_is_accepted() -> None:

@@ -10,7 +10,6 @@ normal. A batch never fails because of one sample.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,7 +155,7 @@ class CAI:
         self.max_iter = max_iter
         self.backend = backend
         self._foreground = ForegroundCache(resolve(foreground))
-        self._calls = itertools.count()
+        self._calls = 0
         self._warned_fallback = False
 
     # ------------------------------------------------------------------ keys
@@ -171,7 +170,8 @@ class CAI:
         rank = 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank = torch.distributed.get_rank()
-        base = torch.tensor(rng.sample_key(self.seed, "rank", rank, "call", next(self._calls)))
+        call, self._calls = self._calls, self._calls + 1
+        base = torch.tensor(rng.sample_key(self.seed, "rank", rank, "call", call))
         return rng.fold(base, torch.arange(batch))
 
     # ------------------------------------------------------------------ call

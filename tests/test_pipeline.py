@@ -161,3 +161,11 @@ def test_real_bank_on_real_targets():
     result = CAI(bank, seed=0, foreground="none")(images, keys=[p.name for p in paths])
     assert result.labels.sum() >= 3
     assert {info["source_class"] for info in result.info if info["label"]} == {"hole"}
+
+
+def test_engine_pickles_for_dataloader_workers(cai, demo_targets):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(cai))
+    keys = cai.sample_keys(["a", "b", "c", "d"])
+    assert torch.equal(clone(demo_targets, keys=keys).images, cai(demo_targets, keys=keys).images)

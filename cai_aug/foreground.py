@@ -113,7 +113,7 @@ def resolve(foreground: str | ForegroundFn) -> ForegroundFn:
 class ForegroundCache:
     """Foregrounds computed once per target image id (bool, kept on the CPU, least recently used out)."""
 
-    def __init__(self, estimator: ForegroundFn, max_items: int = 100_000) -> None:
+    def __init__(self, estimator: ForegroundFn, max_items: int = 2048) -> None:
         self.estimator = estimator
         self.max_items = max_items
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()

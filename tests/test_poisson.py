@@ -13,6 +13,16 @@ from hypothesis import strategies as st
 from cai_aug import poisson
 from cai_aug.poisson import PoissonStats, poisson_blend
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Solver tests run on one torch thread: on a shared 2-core machine, 2 threads can be 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------------------
 # reference: the 5-point system built pixel pair by pixel pair, solved directly
 
@@ -205,6 +215,21 @@ def test_sample_alone_equals_sample_in_batch() -> None:
         assert torch.allclose(alone[0], batched[i], atol=1e-5), f"sample {i}"
 
 
+def test_same_pixels_alone_and_in_a_batch_of_64() -> None:
+    rng = np.random.default_rng(7)
+    size = 64
+    masks = np.stack([disc(size, size, *rng.uniform(8, 56, 2), rng.uniform(1, 24)) for _ in range(64)])
+    masks[:, 0, 0] = False  # never the whole image
+    t, s = images(64, 3, size, size, seed=8)
+    batched = poisson_blend(t.float(), s.float(), torch.from_numpy(masks)[:, None])
+    for i in (0, 17, 63):
+        alone = poisson_blend(t[i : i + 1].float(), s[i : i + 1].float(), torch.from_numpy(masks[i : i + 1])[:, None])
+        # exact up to float rounding: the same hierarchy and iterates whatever the companions
+        assert torch.allclose(alone[0], batched[i], atol=1e-5)
+        as8 = lambda x: (x.clamp(0, 1) * 255).round()  # noqa: E731
+        assert (as8(alone[0]) - as8(batched[i])).abs().max() <= 1
+
+
 def test_a_batch_split_into_chunks_gives_the_same_result(monkeypatch) -> None:
     masks = torch.from_numpy(batch_masks())[:, None]
     t, s = images(len(masks), 3, 48, 48, seed=6)
@@ -321,8 +346,8 @@ def test_bad_input_raises_a_clear_error(case: str) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    h=st.integers(2, 14),
-    w=st.integers(2, 14),
+    h=st.integers(1, 14),
+    w=st.integers(1, 14),
     density=st.floats(0.05, 0.9),
     seed=st.integers(0, 2**16),
     mode=st.sampled_from(["normal", "mixed"]),

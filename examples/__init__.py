@@ -1,0 +1,1 @@
+"""Runnable examples of cai_aug (not part of the installed package)."""

@@ -61,8 +61,13 @@ def make_records(cai: CAI, image: torch.Tensor, image_key: str, per_image: int) 
     return [OfflineRecord(image_key, k, anomaly) for k, anomaly in enumerate(anomalies)]
 
 
+# Solver diagnostics differ at float-noise level with the batch a sample was solved in (the canvas of
+# a bucket is sized by its largest region); the manifest keeps only the decisions and the outcome.
+_NOT_IN_MANIFEST = ("slot", "poisson_iterations", "poisson_residual")
+
+
 def manifest_record(record: OfflineRecord, seed: int) -> dict:
-    info = {k: v for k, v in record.anomaly.info.items() if k != "slot"}
+    info = {k: v for k, v in record.anomaly.info.items() if k not in _NOT_IN_MANIFEST}
     return {
         "image": f"images/{record.stem}.png",
         "mask": f"masks/{record.stem}_mask.png",
@@ -132,8 +137,8 @@ class OutputFolder:
         records = sorted(self.records(), key=lambda r: r["image"])[:count]
         if not records:
             raise ValueError(f"{self.root} holds no pseudo anomalies to preview")
-        images = torch.stack([to_tensor(read_image(self.root / r["image"])) for r in records])
-        masks = torch.stack([torch.from_numpy(read_mask(self.root / r["mask"]))[None].float() for r in records])
+        images = [to_tensor(read_image(self.root / r["image"])) for r in records]
+        masks = [torch.from_numpy(read_mask(self.root / r["mask"]))[None].float() for r in records]
         captions = [f"{r.get('source_class')} {r.get('synthesis_type')}" for r in records]
         return save_contact_sheet(self.root / "preview.png", images, masks, captions)
 

@@ -21,27 +21,31 @@ def outline(masks: torch.Tensor, width: int = 2) -> torch.Tensor:
 
 
 def contact_sheet(
-    images: torch.Tensor,
-    masks: torch.Tensor | None = None,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
     captions: Sequence[str] | None = None,
     *,
     columns: int | None = None,
     tile: int = 160,
     colour: tuple[int, int, int] = (255, 40, 40),
 ) -> Image.Image:
-    """Grid of ``(B, C, H, W)`` images in [0, 1] with mask outlines and optional captions."""
-    count = images.shape[0]
+    """Grid of images in [0, 1] with mask outlines and optional captions.
+
+    ``images`` is a ``(B, C, H, W)`` tensor or a sequence of ``(C, H, W)`` tensors of any sizes (each is
+    shown as a ``tile x tile`` square); ``masks`` matches it with one channel.
+    """
+    count = len(images)
     columns = columns or max(1, math.ceil(math.sqrt(count)))
     rows = math.ceil(count / columns)
     caption_h = 14 if captions else 0
     sheet = Image.new("RGB", (columns * (tile + 4) + 4, rows * (tile + 4 + caption_h) + 4), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
-    edges = outline(masks.float()) if masks is not None else None
     for index in range(count):
         array = to_uint8_array(images[index].float().cpu().expand(3, -1, -1))
-        if edges is not None:
+        if masks is not None:
+            edge = outline(masks[index].float().cpu()[None])[0, 0]
             array = array.copy()
-            array[edges[index, 0].cpu().numpy()] = colour
+            array[edge.numpy()] = colour
         picture = Image.fromarray(np.ascontiguousarray(array)).resize((tile, tile), Image.Resampling.NEAREST)
         x = 4 + (index % columns) * (tile + 4)
         y = 4 + (index // columns) * (tile + 4 + caption_h)

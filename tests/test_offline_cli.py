@@ -70,3 +70,14 @@ def test_demo_runs_on_the_built_in_default(tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--images", "2", "--per-image", "2"]) == 0
     assert (tmp_path / "pseudo_anomalies" / "preview.png").exists()
     assert len(_records(tmp_path / "pseudo_anomalies")) == 4
+
+
+def test_preview_accepts_images_of_different_sizes(tmp_path):
+    import torch
+
+    from cai_aug.preview import save_contact_sheet
+
+    images = [torch.rand(3, 40, 60), torch.rand(1, 64, 64)]
+    masks = [torch.zeros(1, 40, 60), torch.ones(1, 64, 64)]
+    path = save_contact_sheet(tmp_path / "sheet.png", images, masks, ["a", "b"], tile=32)
+    assert Image.open(path).size == (2 * 36 + 4, 36 + 14 + 4)

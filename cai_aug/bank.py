@@ -252,9 +252,7 @@ def _filter(
         names = {exclude} if isinstance(exclude, str) else set(exclude)
         entries = [entry for entry in entries if not _matches(entry, names)]
     if not entries:
-        raise ValueError(
-            f"anomaly bank {root} is empty after filtering (classes={classes}, exclude={exclude})"
-        )
+        raise ValueError(f"anomaly bank {root} is empty after filtering (classes={classes}, exclude={exclude})")
     return entries
 
 

@@ -21,13 +21,8 @@ DEMO_CLASSES = ("crack", "scratch", "stain", "hole", "pits")
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int, channels: int = 1) -> torch.Tensor:
     """Band-limited noise ``(channels, size, size)`` in about [-1, 1]."""
-    coarse = torch.from_numpy(
-        rng.standard_normal((1, channels, max(2, size // scale), max(2, size // scale)))
-    )
-    return (
-        F.interpolate(coarse.float(), size=(size, size), mode="bicubic", align_corners=False)[0].clamp(-2, 2)
-        / 2
-    )
+    coarse = torch.from_numpy(rng.standard_normal((1, channels, max(2, size // scale), max(2, size // scale))))
+    return F.interpolate(coarse.float(), size=(size, size), mode="bicubic", align_corners=False)[0].clamp(-2, 2) / 2
 
 
 def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -204,12 +204,8 @@ class CAI:
             foreground = self._foreground(x, image_ids)
         else:
             if foregrounds.shape != (batch, 1, *x.shape[-2:]):
-                raise ValueError(
-                    f"foregrounds must be {(batch, 1, *x.shape[-2:])}, got {tuple(foregrounds.shape)}"
-                )
-            foreground = (
-                foregrounds.to(device) > 0.5 if foregrounds.dtype != torch.bool else foregrounds.to(device)
-            )
+                raise ValueError(f"foregrounds must be {(batch, 1, *x.shape[-2:])}, got {tuple(foregrounds.shape)}")
+            foreground = foregrounds.to(device) > 0.5 if foregrounds.dtype != torch.bool else foregrounds.to(device)
         if not self.use_ils:
             foreground = torch.ones_like(foreground)
 
@@ -326,9 +322,7 @@ class CAI:
         pad = self.margin + 2
         canvas_h = int(pattern_h.max()) + 2 * pad
         canvas_w = int(pattern_w.max()) + 2 * pad
-        pattern_rgb, pattern_mask = render_patterns(
-            storage, source, pattern_h, pattern_w, canvas_h, canvas_w, pad
-        )
+        pattern_rgb, pattern_mask = render_patterns(storage, source, pattern_h, pattern_w, canvas_h, canvas_w, pad)
         if channels == 1:
             luma = torch.tensor([0.299, 0.587, 0.114], device=device)
             pattern_rgb = (pattern_rgb * luma[None, :, None, None]).sum(dim=1, keepdim=True)
@@ -378,6 +372,10 @@ class CAI:
         )
 
 
+# What an attempt decided and measured per sample, copied into the record of the attempt kept.
+_DECISIONS = ("source", "synthesis", "ratio", "ratio_prime", "scale", "centre", "iterations", "residual")
+
+
 class _Record:
     """Per-sample decisions of the attempt that was kept (or the last one tried)."""
 
@@ -395,16 +393,7 @@ class _Record:
         self.fallback = torch.zeros(batch, dtype=torch.bool, device=device)
 
     def update(self, rows: torch.Tensor, result: _Attempt, attempt: int) -> None:
-        for name in (
-            "source",
-            "synthesis",
-            "ratio",
-            "ratio_prime",
-            "scale",
-            "centre",
-            "iterations",
-            "residual",
-        ):
+        for name in _DECISIONS:
             getattr(self, name)[rows] = getattr(result, name)
         self.attempts[rows] = attempt
         self.success[rows] = result.success
@@ -412,21 +401,7 @@ class _Record:
 
     def to_info(self, bank: AnomalyBank) -> list[dict]:
         # One transfer for the whole batch, not one per sample.
-        values = {
-            name: getattr(self, name).cpu().tolist()
-            for name in (
-                "source",
-                "synthesis",
-                "ratio",
-                "ratio_prime",
-                "scale",
-                "centre",
-                "iterations",
-                "residual",
-                "attempts",
-                "success",
-            )
-        }
+        values = {name: getattr(self, name).cpu().tolist() for name in (*_DECISIONS, "attempts", "success")}
         info = []
         for i in range(len(values["source"])):
             source = values["source"][i]

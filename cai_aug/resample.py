@@ -75,9 +75,7 @@ def render_patterns(
     cols0, cols1 = x0[:, None, :], x1[:, None, :]
 
     def fetch(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        return storage.pixels[(base + rows + cols).reshape(-1)].reshape(
-            source.shape[0], canvas_h, canvas_w, 4
-        )
+        return storage.pixels[(base + rows + cols).reshape(-1)].reshape(source.shape[0], canvas_h, canvas_w, 4)
 
     wy, wx = wy[:, :, None, None], wx[:, None, :, None]
     top = fetch(rows0, cols0).float() * (1 - wx) + fetch(rows0, cols1).float() * wx
@@ -116,9 +114,7 @@ def crop(images: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, c
     return images.reshape(-1)[index], valid
 
 
-def paste(
-    images: torch.Tensor, canvas: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor
-) -> torch.Tensor:
+def paste(images: torch.Tensor, canvas: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor) -> torch.Tensor:
     """Copy of ``images (B, C, H, W)`` with ``canvas (B, C, Hc, Wc)`` written at per-sample origins;
     canvas pixels outside the image are dropped."""
     canvas_h, canvas_w = canvas.shape[-2:]

@@ -38,13 +38,9 @@ def as_float_batch(images: torch.Tensor, name: str = "images") -> tuple[torch.Te
     if batch == 0:
         raise ValueError(f"{name} is an empty batch")
     if channels not in (1, 3):
-        raise ValueError(
-            f"{name} must have 1 or 3 channels (dim 1), got {channels} (shape {tuple(images.shape)})"
-        )
+        raise ValueError(f"{name} must have 1 or 3 channels (dim 1), got {channels} (shape {tuple(images.shape)})")
     if min(height, width) < MIN_IMAGE_SIDE:
-        raise ValueError(
-            f"{name} are {height}x{width}: smaller than any usable pattern (min side {MIN_IMAGE_SIDE})"
-        )
+        raise ValueError(f"{name} are {height}x{width}: smaller than any usable pattern (min side {MIN_IMAGE_SIDE})")
     layout = ImageLayout(
         batched=batched,
         dtype=images.dtype,
@@ -57,9 +53,7 @@ def as_float_batch(images: torch.Tensor, name: str = "images") -> tuple[torch.Te
     if not torch.isfinite(low) or not torch.isfinite(high):
         raise ValueError(f"{name} contain NaN or infinite values")
     if low < 0 or high > 1:
-        raise ValueError(
-            f"float {name} must lie in [0, 1], got values in [{low.item():.3g}, {high.item():.3g}]"
-        )
+        raise ValueError(f"float {name} must lie in [0, 1], got values in [{low.item():.3g}, {high.item():.3g}]")
     return images, layout
 
 

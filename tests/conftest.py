@@ -42,3 +42,18 @@ def demo_targets():
     from cai_aug.demo import demo_images
 
     return demo_images(4, 96, seed=3)
+
+
+def count_cuda_syncs(fn) -> int:
+    """Host synchronisations torch reports while ``fn`` runs (``torch.cuda.set_sync_debug_mode``)."""
+    import warnings
+
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in caught)

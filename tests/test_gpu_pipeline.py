@@ -1,10 +1,9 @@
 """The whole CAI pipeline on CUDA (skipped without a GPU): same decisions as on the CPU, and host
 synchronisations bounded per batch, not per sample."""
 
-import warnings
-
 import pytest
 import torch
+from conftest import count_cuda_syncs
 
 from cai_aug import CAI
 from cai_aug.demo import demo_images
@@ -12,16 +11,7 @@ from cai_aug.demo import demo_images
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _syncs(fn) -> int:
-    previous = torch.cuda.get_sync_debug_mode()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
-    return sum("synchroniz" in str(w.message) for w in caught)
+_syncs = count_cuda_syncs
 
 
 def test_cuda_pipeline_makes_the_same_decisions_as_the_cpu(demo_bank):

@@ -6,11 +6,10 @@ Skipped without a CUDA device; the CuPy tests also skip when cupy is not install
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
+from conftest import count_cuda_syncs
 from test_poisson import disc, images, reference_blend, rel_error
 
 from cai_aug import poisson, poisson_cupy
@@ -109,17 +108,7 @@ def _pattern_batch(b: int, size: int = 256, seed: int = 0) -> tuple[torch.Tensor
     return t.to(CUDA), s.to(CUDA), masks.to(CUDA)
 
 
-def _count_syncs(fn) -> int:
-    """Host synchronisations torch reports while ``fn`` runs (torch.cuda.set_sync_debug_mode)."""
-    previous = torch.cuda.get_sync_debug_mode()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
-    return sum("synchroniz" in str(w.message) for w in caught)
+_count_syncs = count_cuda_syncs
 
 
 @pytest.mark.parametrize("backend", [pytest.param("cupy", marks=needs_cupy), "torch"])

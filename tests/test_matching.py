@@ -28,8 +28,15 @@ def test_bbox_size_is_the_longer_side_of_the_tight_box():
 
 @pytest.mark.parametrize(
     ("sa", "sf", "expected"),
-    [(9, 100, TRIVIAL), (10, 100, SMALL), (29, 100, SMALL), (30, 100, MEDIUM), (69, 100, MEDIUM),
-     (70, 100, LARGE), (250, 100, LARGE)],
+    [
+        (9, 100, TRIVIAL),
+        (10, 100, SMALL),
+        (29, 100, SMALL),
+        (30, 100, MEDIUM),
+        (69, 100, MEDIUM),
+        (70, 100, LARGE),
+        (250, 100, LARGE),
+    ],
 )
 def test_source_type_from_hand_computed_ratio(sa, sf, expected):
     assert int(source_type(torch.tensor(sa / sf))) == expected

@@ -22,8 +22,9 @@ def _synth(normals, bank, out, *extra):
 
 
 def _records(out):
-    return sorted((json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()),
-                  key=lambda r: r["image"])
+    return sorted(
+        (json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()), key=lambda r: r["image"]
+    )
 
 
 def test_synth_writes_the_mvtec_style_layout(normals, demo_bank_dir, tmp_path):

@@ -20,8 +20,18 @@ def test_streams_and_keys_are_distinct():
 
 def test_every_key_part_changes_the_key():
     base = rng.sample_key(0, "a.png", 0, 0)
-    assert len({base, rng.sample_key(1, "a.png", 0, 0), rng.sample_key(0, "b.png", 0, 0),
-                rng.sample_key(0, "a.png", 1, 0), rng.sample_key(0, "a.png", 0, 1)}) == 5
+    assert (
+        len(
+            {
+                base,
+                rng.sample_key(1, "a.png", 0, 0),
+                rng.sample_key(0, "b.png", 0, 0),
+                rng.sample_key(0, "a.png", 1, 0),
+                rng.sample_key(0, "a.png", 0, 1),
+            }
+        )
+        == 5
+    )
 
 
 def test_uniform_is_in_unit_interval_and_flat():

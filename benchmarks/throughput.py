@@ -206,9 +206,29 @@ def main() -> None:
                     f"{row['resid']:>10.1e} {peak:>8.2f} {pipe}",
                     flush=True,
                 )
+    print_ratios(rows)
     if args.plot and rows:
         plot(rows, args.plot)
         print(f"plot: {args.plot}")
+
+
+PAPER_SECONDS_PER_IMAGE = 0.019  # CAI-N, one CPU process (the paper's speed figure)
+
+
+def print_ratios(rows: list[dict]) -> None:
+    """Ratios measured in this run: Poisson solves against the OpenCV loop on the same cases, and the
+    full pipeline against the paper's 0.019 s per pseudo-anomaly image."""
+    opencv = {(r["size"], r["batch"]): r["solves"] for r in rows if r["path"] == "opencv"}
+    print(f"\n{'path':<11} {'size':>5} {'batch':>5} {'poisson / opencv':>17} {'s per image':>12} {'paper / ours':>13}")
+    for r in rows:
+        if r["path"] == "opencv":
+            continue
+        versus = r["solves"] / opencv[(r["size"], r["batch"])] if (r["size"], r["batch"]) in opencv else float("nan")
+        seconds = 1.0 / r["images"] if r.get("images") else float("nan")
+        print(
+            f"{r['path']:<11} {r['size']:>5} {r['batch']:>5} {versus:>17.2f} {seconds:>12.4f} "
+            f"{PAPER_SECONDS_PER_IMAGE / seconds:>13.2f}"
+        )
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -133,3 +133,14 @@ def test_synthesize_warns_once_when_quotas_cannot_be_met(demo_bank, demo_targets
         synthesize(demo_targets[1], demo_bank, 4, image_key="t", seed=0, quotas=(1, 0, 0), foreground="none")
     quota_warnings = [w for w in caught if issubclass(w.category, QuotaWarning)]
     assert len(quota_warnings) <= 1
+
+
+def test_synthesize_meets_four_three_three_when_the_bank_allows(demo_bank, demo_targets):
+    from collections import Counter
+
+    from cai_aug import synthesize
+
+    anomalies = synthesize(demo_targets[1], demo_bank, 10, image_key="t.png", seed=3, foreground="none")
+    assert len(anomalies) == 10
+    assert Counter(a.info["synthesis_type"] for a in anomalies) == {"large": 4, "medium": 3, "small": 3}
+    assert all(a.label == 1 and a.mask.sum() >= 10 for a in anomalies)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from cai_aug.bank import AnomalyBank
 from cai_aug.offline import run_local
 from cai_aug.pipeline import CAI
@@ -19,6 +21,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--foreground", default="auto", choices=("auto", "none", "rembg"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: the per-image work is small, and extra threads lose to their barriers "
+        "as soon as the cores are shared; see benchmarks/RESULTS.md)",
+    )
 
 
 def parse_quotas(text: str) -> tuple[float, float, float]:
@@ -29,6 +38,8 @@ def parse_quotas(text: str) -> tuple[float, float, float]:
 
 
 def make_engine(args: argparse.Namespace) -> CAI:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     bank = AnomalyBank.from_folder(args.bank, classes=args.classes, exclude=args.exclude, progress=True)
     return CAI(
         bank,

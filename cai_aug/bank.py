@@ -220,7 +220,7 @@ def _scan(root: Path) -> list[BankEntry]:
 
 
 def _find_mask(class_dir: Path, stem: str, files: dict[str, Path]) -> Path | None:
-    for suffix in (".png", *IMAGE_SUFFIXES):
+    for suffix in IMAGE_SUFFIXES:  # .png first
         candidate = files.get(f"{stem}{MASK_SUFFIX}{suffix}")
         if candidate is not None:
             return candidate

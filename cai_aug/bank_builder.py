@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cai_aug.imageio import is_image_file, read_image, write_image
+from cai_aug.imageio import IMAGE_SUFFIXES, is_image_file, read_image, write_image
 
 MANIFEST_COLUMNS = ("id", "class", "source_repo", "source_path", "license_if_known")
 SKIP = "-"  # map a defect to this to skip it explicitly
@@ -172,7 +172,7 @@ def find_datasets(path: str | os.PathLike) -> list[Path]:
 def _find_mask(dataset: Path, defect: str, image: Path) -> Path | None:
     folder = dataset / "ground_truth" / defect
     for stem in (f"{image.stem}_mask", image.stem):
-        for suffix in (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"):
+        for suffix in IMAGE_SUFFIXES:
             candidate = folder / f"{stem}{suffix}"
             if candidate.is_file():
                 return candidate

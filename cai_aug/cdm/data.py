@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cai_aug.imageio import is_image_file
+
 DEFAULT_CLASS = "anomaly"
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _CLASS_KEYS = ("source_class", "class", "anomaly_class")
 _PATH_KEYS = ("image", "image_path", "path", "file", "filename", "name", "id", "key")
 
@@ -76,9 +77,7 @@ def scan_pseudo_folder(folder: str | Path) -> list[PseudoSample]:
         raise FileNotFoundError(f"pseudo-anomaly folder {str(root)!r} does not exist")
     search = root / "images" if (root / "images").is_dir() else root
     images = sorted(
-        p
-        for p in search.rglob("*")
-        if p.suffix.lower() in _IMAGE_EXTS and not p.stem.endswith("_mask") and "masks" not in p.parts
+        p for p in search.rglob("*") if is_image_file(p) and not p.stem.endswith("_mask") and "masks" not in p.parts
     )
     classes = _manifest_classes(root)
     samples = []

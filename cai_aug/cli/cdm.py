@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from cai_aug.imageio import is_image_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"normal image folder {str(folder)!r} does not exist")
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_EXTS and not p.stem.endswith("_mask"))
+    images = sorted(p for p in folder.rglob("*") if is_image_file(p) and not p.stem.endswith("_mask"))
     if not images:
         raise ValueError(f"no images in {str(folder)!r}")
     return images

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from cai_aug.imageio import is_image_file
 
 
 @dataclass
@@ -33,7 +33,7 @@ class MVTecData:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_mask"))
+    return sorted(p for p in folder.iterdir() if is_image_file(p) and not p.stem.endswith("_mask"))
 
 
 def load_mvtec(root: str | Path) -> MVTecData:
@@ -103,11 +103,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_mask")
-    )
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.stem.endswith("_mask"))
 
 
 # ----------------------------------------------------------------------------------------- leakage guard

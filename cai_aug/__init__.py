@@ -12,16 +12,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AnomalyBank": "cai_aug.bank",
-    "CAI": "cai_aug.pipeline",
-    "CAIResult": "cai_aug.pipeline",
+    "AnomalyBank": "cai_aug.engine.bank",
+    "CAI": "cai_aug.engine.cai",
+    "CAIResult": "cai_aug.engine.cai",
     "poisson_blend": "cai_aug.poisson",
     "PoissonStats": "cai_aug.poisson",
-    "synthesize": "cai_aug.multiscale",
-    "sample_key": "cai_aug.rng",
-    "CAIDataset": "cai_aug.dataset",
-    "CAIAugment": "cai_aug.augment",
-    "CAIAnomalyGenerator": "cai_aug.anomalib",
+    "synthesize": "cai_aug.engine.algorithm1",
+    "sample_key": "cai_aug.engine.rng",
+    "CAIDataset": "cai_aug.frontends.dataset",
+    "CAIAugment": "cai_aug.frontends.augment",
+    "CAIAnomalyGenerator": "cai_aug.frontends.anomalib",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,9 +16,9 @@ import torch
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
-from cai_aug.albumentations import CrossDomainAnomaly  # noqa: E402
-from cai_aug.demo import demo_images, write_demo_bank  # noqa: E402
-from cai_aug.preview import save_contact_sheet  # noqa: E402
+from cai_aug.frontends.albumentations import CrossDomainAnomaly  # noqa: E402
+from cai_aug.io.demo_data import demo_images, write_demo_bank  # noqa: E402
+from cai_aug.io.preview import save_contact_sheet  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from cai_aug import CAIAnomalyGenerator
-from cai_aug.demo import demo_images, write_demo_bank
-from cai_aug.preview import save_contact_sheet
+from cai_aug.io.demo_data import demo_images, write_demo_bank
+from cai_aug.io.preview import save_contact_sheet
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,8 +16,8 @@ import torch
 
 from cai_aug import AnomalyBank
 from cai_aug.cli import main as cai_aug
-from cai_aug.demo import write_demo_bank
-from cai_aug.preview import save_contact_sheet
+from cai_aug.io.demo_data import write_demo_bank
+from cai_aug.io.preview import save_contact_sheet
 
 
 def make_mvtec_layout(source: Path, root: Path) -> Path:

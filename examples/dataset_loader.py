@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cai_aug import CAIDataset
-from cai_aug.demo import write_demo_bank, write_demo_normals
-from cai_aug.preview import save_contact_sheet
+from cai_aug.io.demo_data import write_demo_bank, write_demo_normals
+from cai_aug.io.preview import save_contact_sheet
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 @pytest.fixture(scope="session")
 def demo_bank_dir(tmp_path_factory):
-    from cai_aug.demo import write_demo_bank
+    from cai_aug.io.demo_data import write_demo_bank
 
     return write_demo_bank(tmp_path_factory.mktemp("demo_bank"), per_class=4)
 
@@ -39,7 +39,7 @@ def demo_bank(demo_bank_dir):
 
 @pytest.fixture(scope="session")
 def demo_targets():
-    from cai_aug.demo import demo_images
+    from cai_aug.io.demo_data import demo_images
 
     return demo_images(4, 96, seed=3)
 

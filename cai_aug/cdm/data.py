@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cai_aug.imageio import is_image_file
+from cai_aug.io.images import is_image_file
 
 DEFAULT_CLASS = "anomaly"
 _CLASS_KEYS = ("source_class", "class", "anomaly_class")

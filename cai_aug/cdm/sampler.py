@@ -7,7 +7,7 @@ For each normal image ``y`` and mask ``m`` (AnomalyDiffusion Eq. 1, with DDIM st
     x    = m_px * clamp(D(z_0)) + (1 - m_px) * y          (pixels outside the mask: the input, exactly)
 
 with ``e = {e_a(class), E_s(m)}``. Randomness is per sample: a torch.Generator seeded from the
-sample's ``cai_aug.rng`` key draws its noise and the class choice uses the key too, so a sample's
+sample's ``cai_aug.engine.rng`` key draws its noise and the class choice uses the key too, so a sample's
 result does not depend on its batch companions (up to floating-point noise of batched kernels).
 """
 
@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import rng
+from cai_aug.engine import rng
+
 from .attention import adaptive_weight_map, install_reweighting
 from .checkpoint import CDMEmbeddings, load_checkpoint, read_config
 from .conditioning import TextConditioner

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import rng
+from cai_aug.engine import rng
+
 from .checkpoint import (
     CONFIG,
     CDMEmbeddings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cai_aug.bank_builder import DEFAULT_DEFECT_MAP, build_bank, parse_map
+from cai_aug.io.bank_builder import DEFAULT_DEFECT_MAP, build_bank, parse_map
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cai_aug.imageio import is_image_file
+from cai_aug.io.images import is_image_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

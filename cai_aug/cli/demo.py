@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cai_aug.bank import AnomalyBank
-from cai_aug.demo import write_demo_bank, write_demo_normals
-from cai_aug.offline import run_local
-from cai_aug.pipeline import CAI
+from cai_aug.engine.bank import AnomalyBank
+from cai_aug.engine.cai import CAI
+from cai_aug.frontends.offline import run_local
+from cai_aug.io.demo_data import write_demo_bank, write_demo_normals
 
 
 def register(subparsers) -> None:

@@ -6,9 +6,10 @@ import argparse
 
 import torch
 
-from cai_aug.bank import AnomalyBank
-from cai_aug.offline import run_local
-from cai_aug.pipeline import CAI
+from cai_aug.engine.bank import AnomalyBank
+from cai_aug.engine.cai import CAI
+from cai_aug.engine.matching import parse_quotas
+from cai_aug.frontends.offline import run_local
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -28,13 +29,6 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (1: the per-image work is small, and extra threads lose to their barriers "
         "as soon as the cores are shared; see benchmarks/RESULTS.md)",
     )
-
-
-def parse_quotas(text: str) -> tuple[float, float, float]:
-    parts = text.split(":")
-    if len(parts) != 3:
-        raise ValueError(f"--quotas must look like 4:3:3 (large:medium:small), got {text!r}")
-    return tuple(float(p) for p in parts)  # type: ignore[return-value]
 
 
 def make_engine(args: argparse.Namespace) -> CAI:
@@ -67,7 +61,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
-        from cai_aug.ray import run_ray  # optional stack
+        from cai_aug.frontends.ray import run_ray  # optional stack
 
         output = run_ray(args)
     else:

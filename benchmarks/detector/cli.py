@@ -1,0 +1,553 @@
+"""Command line of the UNet benchmark (``python -m benchmarks.detector --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cai_aug.engine import rng
+
+from . import authenticity as auth
+from .data import LeakageError, check_leakage, image_size, list_images, load_image, load_mask, load_mvtec, resize_mask
+from .metrics import compute_all
+from .report import COLUMNS, bar_plot, contact_sheet, markdown, read_csv, write_csv
+from .synthesisers import DRAEM, NSA, CAISynth, CDMSynth, CutPaste, Synthesiser
+from .train import PRESETS, SELECTION, EvalSet, to_native, train_detector
+
+BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem")
+_CAI_RE = re.compile(r"^cai-(?P<mode>[nm])(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:@(?P<q>\d+:\d+:\d+))?$")
+
+
+def parse_cai_name(name: str) -> dict | None:
+    """``cai-n``, ``cai-m``, ablations ``-no-pe``/``-no-stm``/``-no-ils`` (combinable), quotas ``@6:2:2``."""
+    m = _CAI_RE.match(name)
+    if not m:
+        return None
+    abl = set(re.findall(r"-no-(pe|stm|ils)", m["abl"] or ""))
+    quotas = tuple(int(x) for x in m["q"].split(":")) if m["q"] else (4, 3, 3)
+    if sum(quotas) == 0:
+        raise ValueError(f"{name}: quotas must not all be zero")
+    return {
+        "mode": "normal" if m["mode"] == "n" else "mixed",
+        "quotas": quotas,
+        "use_poisson": "pe" not in abl,
+        "use_stm": "stm" not in abl,
+        "use_ils": "ils" not in abl,
+    }
+
+
+def valid_synth(name: str) -> bool:
+    return name in BASELINES or name in ("cdm", "real-kfold") or parse_cai_name(name) is not None
+
+
+def build_synthesiser(name: str, args: argparse.Namespace, seed: int) -> Synthesiser:
+    if name == "cutpaste":
+        return CutPaste()
+    if name in ("nsa-n", "nsa-m"):
+        return NSA(mixed=name == "nsa-m")
+    if name == "draem":
+        source = Path(args.draem_source or args.bank)
+        return DRAEM(list_images(source))
+    if name == "cdm":
+        return build_cdm(args, seed)
+    spec = parse_cai_name(name)
+    if spec is None:
+        raise ValueError(f"unknown synthesiser {name!r}")
+    return CAISynth(
+        name,
+        args.bank,
+        classes=args.classes,
+        exclude=args.bank_exclude,
+        seed=seed,
+        device=args.device,
+        foreground=args.foreground,
+        **spec,
+    )
+
+
+def check_cdm(args: argparse.Namespace) -> None:
+    """Fail early, with the reason, when the ``cdm`` slot cannot be filled."""
+    try:
+        import cai_aug.cdm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means the slot is unavailable
+        raise SystemExit(f"--synth cdm: cai_aug.cdm does not import ({exc}); install the cdm extra") from exc
+    if not args.cdm_checkpoint:
+        raise SystemExit(
+            "--synth cdm needs --cdm-checkpoint DIR (a cdm-train folder); --cdm-pretrained DIR names the local "
+            "diffusion weights when the checkpoint's own record of them is not usable"
+        )
+
+
+def build_cdm(args: argparse.Namespace, seed: int) -> Synthesiser:
+    """CDM pseudo anomalies: ``CDMSampler.from_checkpoint``, masks from CAI on the same bank."""
+    check_cdm(args)
+    from cai_aug import AnomalyBank
+    from cai_aug.cdm import CDMSampler
+
+    bank = AnomalyBank.from_folder(args.bank, classes=args.classes, exclude=args.bank_exclude) if args.bank else None
+    sampler = CDMSampler.from_checkpoint(
+        args.cdm_checkpoint,
+        pretrained=args.cdm_pretrained,
+        bank=bank,
+        seed=seed,
+        device=args.device,
+        steps=args.cdm_steps,
+    )
+    return CDMSynth(sampler)
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.detector",
+        description="Train DRAEM's discriminative UNet on normal + pseudo-anomalous images from each "
+        "synthesiser and evaluate it on the real test set (the CAI paper's benchmark).",
+    )
+    p.add_argument("--data", help="MVTec-layout dataset (train/good, test/<defect>, ground_truth/<defect>)")
+    p.add_argument("--bank", help="anomaly bank folder (<class>/<id>.png + <id>_mask.png, MANIFEST.csv)")
+    p.add_argument(
+        "--synth",
+        default="cai-n,cai-m,nsa-n,nsa-m,draem,cutpaste",
+        help="comma list: cai-n, cai-m, nsa-n, nsa-m, draem, cutpaste, real-kfold, cdm, "
+        "ablations cai-n-no-pe/-no-stm/-no-ils, quota variants like cai-n@6:2:2",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", help="comma list of seeds (overrides --seed), e.g. 0,1,2")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
+    p.add_argument("--out", default="runs/unet_benchmark")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--per-image", type=int, help="pseudo anomalies per normal image (preset default)")
+    g.add_argument("--total", type=int, help="total pseudo anomalies, spread round-robin over the images")
+    p.add_argument("--classes", help="comma list of bank classes for CAI (e.g. crack,scratch,stain)")
+    p.add_argument("--bank-exclude", help="comma list of source datasets (id prefix / source_repo) or ids")
+    p.add_argument(
+        "--dataset-name",
+        help="comma list of names of the dataset under test for the leakage "
+        "guard (default: its folder names and the source_repo of its sources.csv)",
+    )
+    p.add_argument("--force", action="store_true", help="use a bank that holds the dataset under test")
+    p.add_argument("--draem-source", help="anomaly-source image folder of DRAEM (default: the bank's images)")
+    p.add_argument("--foreground", default="auto", help="CAI foreground mode")
+    p.add_argument(
+        "--fid-weights",
+        help="local feature-extractor file for FID/KID (TorchScript or pickled "
+        "module, e.g. torch-fidelity's Inception-v3)",
+    )
+    p.add_argument("--no-authenticity", action="store_true", help="skip detectability and seam statistics")
+    p.add_argument("--eval-only", metavar="DIR", help="recompute all metrics from saved maps of a run")
+    p.add_argument("--cdm-checkpoint")
+    p.add_argument("--cdm-pretrained")
+    p.add_argument("--cdm-steps", type=int, default=50, help="DDIM steps of the CDM sampler")
+    p.add_argument("--size", type=int, help="override the preset's image size")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--width", type=int, help="override the preset's UNet width")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--kfold", type=int, help="folds of real-kfold (preset default)")
+    p.add_argument(
+        "--best-by",
+        choices=sorted(SELECTION),
+        default="mean",
+        help="epoch selection criterion (mean of pixel AUROC, AP and PRO by default)",
+    )
+    p.add_argument("--map-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
+    p.add_argument("--sheet", type=int, default=16, help="pseudo anomalies on each contact sheet")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    args.synths = _csv_list(args.synth) or []
+    args.classes = _csv_list(args.classes)
+    args.bank_exclude = _csv_list(args.bank_exclude)
+    args.dataset_names = _csv_list(args.dataset_name)
+    args.seed_list = [int(s) for s in _csv_list(args.seeds)] if args.seeds else [args.seed]
+    if args.eval_only:
+        return args
+    if not args.data:
+        p.error("--data is required (or --eval-only DIR)")
+    bad = [s for s in args.synths if not valid_synth(s)]
+    if bad:
+        p.error(f"unknown synthesiser(s) {bad}")
+    needs_bank = any(parse_cai_name(s) for s in args.synths) or ("draem" in args.synths and not args.draem_source)
+    if needs_bank and not args.bank:
+        p.error("--bank is required for CAI (and for DRAEM without --draem-source)")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def resolve_preset(args: argparse.Namespace):
+    preset = PRESETS[args.preset]
+    over = {k: getattr(args, k) for k in ("size", "epochs", "width", "batch", "lr", "kfold")}
+    over = {k: v for k, v in over.items() if v is not None}
+    if args.per_image is not None:
+        over["per_image"] = args.per_image
+    preset = replace(preset, **over)
+    if preset.size % 32:
+        raise SystemExit(f"--size must be divisible by 32 (the UNet pools five times), got {preset.size}")
+    return preset
+
+
+def assignment(n_images: int, per_image: int, total: int | None) -> list[tuple[int, int]]:
+    """``(image index, anomaly index)`` of every pseudo anomaly: ``per_image`` for each image, or
+    ``total`` spread round-robin (image ``j % n``, anomaly index ``j // n``)."""
+    if total is not None:
+        return [(j % n_images, j // n_images) for j in range(total)]
+    return [(i, k) for i in range(n_images) for k in range(per_image)]
+
+
+def _map_name(rel: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "__", rel.rsplit(".", 1)[0]) + ".npy"
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.preset = resolve_preset(args)
+        self.device = torch.device(args.device)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress = not args.quiet
+        self.data = load_mvtec(args.data)
+        S = self.preset.size
+        self.image_keys = [p.relative_to(self.data.root).as_posix() for p in self.data.train]
+        self.normals = torch.stack(
+            [load_image(p, S) for p in tqdm(self.data.train, desc="load train", disable=not self.progress)]
+        )
+        test = self.data.test
+        images = torch.stack([load_image(t.image, S) for t in tqdm(test, desc="load test", disable=not self.progress)])
+        masks = [load_mask(t.mask) if t.mask is not None else None for t in test]
+        shapes = [m.shape if m is not None else image_size(t.image) for m, t in zip(masks, test)]
+        low = [resize_mask(m, S)[0].numpy() > 0 if m is not None else None for m in masks]
+        self.evalset = EvalSet(images, low, masks, [tuple(s) for s in shapes])
+        self.anom_idx = [i for i, t in enumerate(test) if t.mask is not None]
+        self.good_idx = [i for i, t in enumerate(test) if t.mask is None]
+        self.real_crops = auth.crops([images[i] for i in self.anom_idx], [low[i] for i in self.anom_idx])
+        self.rows: list[dict] = []
+        self.fid_extractor = auth.load_feature_extractor(args.fid_weights) if args.fid_weights else None
+
+    # -- pseudo anomalies --------------------------------------------------------------------------
+    def synthesise(self, synth: Synthesiser, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        pairs = assignment(len(self.normals), self.preset.per_image, self.args.total)
+        synth.prepare(self.normals, self.image_keys)
+        xs, ys = [], []
+        t0 = time.perf_counter()
+        bs = 32
+        for i in tqdm(range(0, len(pairs), bs), desc=f"synth {synth.name}", disable=not self.progress, leave=False):
+            chunk = pairs[i : i + bs]
+            idx = [a for a, _ in chunk]
+            keys = rng.sample_keys(seed, [self.image_keys[a] for a in idx], anomaly_index=[k for _, k in chunk])
+            imgs, msk = synth.generate(self.normals[idx].to(self.device), keys.to(self.device), ids=idx)
+            xs.append((imgs.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8))
+            ys.append((msk.detach().cpu() > 0).to(torch.uint8))
+        dt = time.perf_counter() - t0
+        return torch.cat(xs), torch.cat(ys), dt / max(len(pairs), 1)
+
+    def authenticity(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
+        if self.args.no_authenticity:
+            return {}
+        keep = [i for i in range(len(y)) if y[i].any()]
+        imgs = [x[i].float() / 255 for i in keep]
+        msks = [y[i, 0].numpy() for i in keep]
+        pseudo = auth.crops(imgs, msks)
+        res = {
+            "seam_ratio": auth.seam_ratio(imgs, msks),
+            "detectability": auth.detectability(self.real_crops, pseudo, seed=seed),
+        }
+        if self.fid_extractor is not None:
+            res.update(auth.fid_kid(self.fid_extractor, self.real_crops, pseudo))
+        return res
+
+    # -- maps --------------------------------------------------------------------------------------
+    def save_maps(
+        self,
+        folder: Path,
+        maps: list[np.ndarray],
+        items: list[int],
+        meta: dict,
+        folds: list[int] | None = None,
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for j, (amap, ti) in enumerate(zip(maps, items)):
+            t = self.data.test[ti]
+            rel = t.image.relative_to(self.data.root).as_posix()
+            name = _map_name(rel) if folds is None else f"fold{folds[j]}__{_map_name(rel)}"
+            np.save(folder / name, amap)
+            row = {
+                "image": str(t.image.resolve()),
+                "mask": str(t.mask.resolve()) if t.mask else "",
+                "map": name,
+            }
+            if folds is not None:
+                row["fold"] = folds[j]
+            rows.append(row)
+        with (folder / "index.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    def _row(self, name, seed, kind, epoch, metrics, extra) -> dict:
+        p = self.preset
+        row = {
+            "synth": name,
+            "seed": seed,
+            "kind": kind,
+            "epoch": epoch,
+            **metrics,
+            **extra,
+            "preset": self.args.preset,
+            "size": p.size,
+            "epochs": p.epochs,
+            "width": p.width,
+        }
+        self.rows.append(row)
+        return row
+
+    def run_synth(self, name: str, seed: int) -> None:
+        synth = build_synthesiser(name, self.args, seed)
+        x, y, s_per_img = self.synthesise(synth, seed)
+        folder = self.out / name / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        n = min(self.args.sheet, len(x))
+        title = f"{name} seed {seed}"
+        contact_sheet(x[:n].float() / 255, y[:n], folder / "contact_sheet.png", title)
+        if seed == self.args.seed_list[0]:
+            contact_sheet(x[:n].float() / 255, y[:n], self.out / "contact_sheets" / f"{name}.png", title)
+        extra = {
+            "n_normal": len(self.normals),
+            "n_pseudo": len(x),
+            "n_anomalous": int(y.flatten(1).any(1).sum()),
+            "synth_s_per_image": s_per_img,
+        }
+        extra.update(self.authenticity(x, y, seed))
+        normals_u8 = (self.normals * 255).round().to(torch.uint8)
+        train_x = torch.cat([normals_u8, x])
+        train_y = torch.cat([torch.zeros(len(normals_u8), 1, *normals_u8.shape[-2:], dtype=torch.uint8), y])
+        res = train_detector(
+            train_x,
+            train_y,
+            self.evalset,
+            self.preset,
+            seed,
+            self.device,
+            self.args.best_by,
+            desc=f"{name} s{seed}",
+            progress=self.progress,
+        )
+        extra["train_s"] = res.train_s
+        write_csv(res.history, folder / "history.csv", list(res.history[0]))
+        dtype = np.dtype(self.args.map_dtype)
+        items = list(range(len(self.data.test)))
+        for kind, maps, epoch in (
+            ("best", res.best_maps, res.best_epoch),
+            ("last", res.last_maps, res.last_epoch),
+        ):
+            native = to_native(maps, self.evalset.shapes, dtype)
+            metrics = compute_all(native, self.evalset.masks)
+            self.save_maps(
+                folder / ("maps" if kind == "best" else "maps_last"),
+                native,
+                items,
+                {"synth": name, "seed": seed, "kind": kind, "epoch": epoch},
+            )
+            self._row(name, seed, kind, epoch, metrics, extra)
+
+    def run_real_kfold(self, seed: int) -> None:
+        """Upper bound: normals + real test defects of k-1 folds; evaluate on the held-out fold + all
+        good test images; metrics per fold, averaged. Real defects are repeated to the pseudo count so
+        the training budget per epoch matches the synthesisers'."""
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        name, p = "real-kfold", self.preset
+        defects = [self.data.test[i].defect for i in self.anom_idx]
+        k = min(p.kfold, len(defects))
+        if k < 2:
+            print(f"real-kfold: skipped ({len(defects)} anomalous test images, need >= 2)", file=sys.stderr)
+            return
+        # stratified by defect type when every type has k images, else a plain shuffled k-fold
+        stratified = min(np.unique(defects, return_counts=True)[1]) >= k
+        splitter = (StratifiedKFold if stratified else KFold)(n_splits=k, shuffle=True, random_state=seed)
+        n_target = len(assignment(len(self.normals), p.per_image, self.args.total))
+        normals_u8 = (self.normals * 255).round().to(torch.uint8)
+        S = p.size
+        per_kind = {"best": ([], [], [], []), "last": ([], [], [], [])}  # maps, items, folds, metrics
+        folder = self.out / name / f"seed{seed}"
+        train_s = 0.0
+        for fold, (tr, te) in enumerate(splitter.split(np.zeros(len(defects)), defects)):
+            tr_items = [self.anom_idx[i] for i in tr]
+            te_items = [self.anom_idx[i] for i in te] + self.good_idx
+            g = np.random.default_rng(seed * 100 + fold)
+            reps = [tr_items[j % len(tr_items)] for j in range(n_target)]
+            reps = [reps[j] for j in g.permutation(len(reps))]
+            xr = (self.evalset.images[reps] * 255).round().to(torch.uint8)
+            yr = torch.stack([torch.from_numpy(self.evalset.masks_low[i].astype(np.uint8))[None] for i in reps])
+            sub = EvalSet(
+                self.evalset.images[te_items],
+                [self.evalset.masks_low[i] for i in te_items],
+                [self.evalset.masks[i] for i in te_items],
+                [self.evalset.shapes[i] for i in te_items],
+            )
+            res = train_detector(
+                torch.cat([normals_u8, xr]),
+                torch.cat([torch.zeros(len(normals_u8), 1, S, S, dtype=torch.uint8), yr]),
+                sub,
+                p,
+                seed,
+                self.device,
+                self.args.best_by,
+                desc=f"{name} s{seed} f{fold}",
+                progress=self.progress,
+            )
+            train_s += res.train_s
+            for kind, maps, epoch in (
+                ("best", res.best_maps, res.best_epoch),
+                ("last", res.last_maps, res.last_epoch),
+            ):
+                native = to_native(maps, sub.shapes, np.dtype(self.args.map_dtype))
+                acc = per_kind[kind]
+                acc[0].extend(native)
+                acc[1].extend(te_items)
+                acc[2].extend([fold] * len(te_items))
+                acc[3].append((epoch, compute_all(native, sub.masks)))
+        for kind, (maps, items, folds, metrics) in per_kind.items():
+            mean = {m: float(np.nanmean([d[m] for _, d in metrics])) for m in metrics[0][1]}
+            epochs = "/".join(str(e) for e, _ in metrics)
+            self.save_maps(
+                folder / ("maps" if kind == "best" else "maps_last"),
+                maps,
+                items,
+                {"synth": name, "seed": seed, "kind": kind, "epoch": epochs, "folds": k},
+                folds,
+            )
+            self._row(
+                name,
+                seed,
+                kind,
+                epochs,
+                mean,
+                {
+                    "n_normal": len(self.normals),
+                    "n_pseudo": n_target,
+                    "n_anomalous": n_target,
+                    "train_s": train_s,
+                },
+            )
+
+    def run(self) -> list[dict]:
+        for seed in self.args.seed_list:
+            for name in self.args.synths:
+                print(f"[unet_benchmark] {name} seed {seed}", file=sys.stderr, flush=True)
+                if name == "real-kfold":
+                    self.run_real_kfold(seed)
+                else:
+                    self.run_synth(name, seed)
+                self.write_reports()
+        return self.rows
+
+    def write_reports(self) -> None:
+        write_csv(self.rows, self.out / "results.csv")
+        md = markdown(self.rows)
+        header = (
+            f"# UNet benchmark\n\ndata: `{self.args.data}`, preset `{self.args.preset}` "
+            f"({self.preset}), device `{self.args.device}`\n\n"
+        )
+        (self.out / "results.md").write_text(header + md)
+        if self.rows:
+            bar_plot(self.rows, self.out / "bars.png")
+
+
+# ------------------------------------------------------------------------------------------ eval-only
+
+
+def eval_only(run_dir: str | Path) -> list[dict]:
+    """Recompute every metric from ``<run>/<synth>/seed<k>/maps*/index.csv`` and the saved maps."""
+    run_dir = Path(run_dir)
+    rows = []
+    for index in sorted(run_dir.glob("*/seed*/maps*/index.csv")):
+        folder = index.parent
+        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+        with index.open(newline="") as fh:
+            entries = list(csv.DictReader(fh))
+        maps = [np.load(folder / e["map"]) for e in entries]
+        masks = [load_mask(e["mask"]) if e["mask"] else None for e in entries]
+        if entries and "fold" in entries[0]:
+            per_fold = []
+            for f in sorted({e["fold"] for e in entries}):
+                sel = [i for i, e in enumerate(entries) if e["fold"] == f]
+                per_fold.append(compute_all([maps[i] for i in sel], [masks[i] for i in sel]))
+            metrics = {m: float(np.nanmean([d[m] for d in per_fold])) for m in per_fold[0]}
+        else:
+            metrics = compute_all(maps, masks)
+        kind = meta.get("kind", "best" if folder.name == "maps" else "last")
+        rows.append(
+            {
+                "synth": meta.get("synth", folder.parent.parent.name),
+                "seed": meta.get("seed", folder.parent.name.removeprefix("seed")),
+                "kind": kind,
+                "epoch": meta.get("epoch", ""),
+                **metrics,
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with auth.torch_threads(args.threads):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if "cdm" in (args.synths or []) and not args.eval_only:
+        check_cdm(args)
+    if args.eval_only:
+        rows = eval_only(args.eval_only)
+        if not rows:
+            print(f"no saved maps (*/seed*/maps*/index.csv) under {args.eval_only}", file=sys.stderr)
+            return 1
+        out = Path(args.out if args.out != "runs/unet_benchmark" else args.eval_only)
+        write_csv(rows, out / "results_eval_only.csv", [c for c in COLUMNS if c in rows[0]])
+        print(markdown(rows))
+        return 0
+    needs_bank = any(parse_cai_name(s) for s in args.synths) or ("draem" in args.synths and not args.draem_source)
+    if needs_bank:
+        try:
+            names = check_leakage(args.bank, args.data, args.dataset_names, args.bank_exclude)
+            print(f"[unet_benchmark] leakage guard: bank has no entries of {names}", file=sys.stderr)
+        except LeakageError as exc:
+            if not args.force:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"warning (--force): {exc}", file=sys.stderr)
+    bench = Bench(args)
+    bench.run()
+    print(markdown(bench.rows))
+    print(
+        f"[unet_benchmark] wrote {bench.out}/results.csv, results.md, bars.png, contact_sheets/",
+        file=sys.stderr,
+    )
+    return 0
+
+
+__all__ = ["main", "parse_args", "eval_only", "read_csv"]

@@ -1,0 +1,149 @@
+"""Source-target matching (STM) and multi-scale anomaly synthesis (MAS), batched.
+
+``R = sa / sf`` with ``sa = max(bbox(ya))`` and ``sf = max(bbox(yn))``. Types are integers:
+0 trivial ``R < 0.1`` (never used), 1 small ``[0.1, 0.3)``, 2 medium ``[0.3, 0.7)``, 3 large ``R >= 0.7``.
+Synthesis ranges: small ``[0.1, 0.3)``, medium ``[0.3, 0.7)``, large ``[0.7, 1.0]``. A source may only
+make a synthesis type no larger than its own.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from cai_aug.engine import rng
+
+TRIVIAL, SMALL, MEDIUM, LARGE = 0, 1, 2, 3
+TYPE_NAMES = ("trivial", "small", "medium", "large")
+# Lower and upper bounds of the synthesis ranges, indexed by type (index 0 unused).
+RANGE_LOW = (0.0, 0.1, 0.3, 0.7)
+RANGE_HIGH = (0.1, 0.3, 0.7, 1.0)
+
+
+def bbox_size(mask: torch.Tensor) -> torch.Tensor:
+    """``max(bbox(m))``: the longer side of the tightest box around non-zero pixels.
+
+    Args:
+        mask: ``(B, 1, H, W)`` or ``(B, H, W)``.
+    Returns:
+        ``(B,)`` float32; 0 for an empty mask.
+    """
+    mask = mask.reshape(mask.shape[0], *mask.shape[-2:]) > 0
+    return torch.maximum(_extent(mask.any(dim=2)), _extent(mask.any(dim=1))).float()
+
+
+def _extent(occupied: torch.Tensor) -> torch.Tensor:
+    """Length from first to last True along dim 1 of ``(B, L)``, 0 when none."""
+    length = occupied.shape[1]
+    index = torch.arange(length, device=occupied.device)
+    first = torch.where(occupied, index, length).amin(dim=1)
+    last = torch.where(occupied, index, -1).amax(dim=1)
+    return (last - first + 1).clamp(min=0)
+
+
+def source_type(ratio: torch.Tensor) -> torch.Tensor:
+    """Type of a source from ``R`` (any shape) -> int64 of the same shape (0 trivial ... 3 large)."""
+    edges = torch.tensor(RANGE_LOW[1:], device=ratio.device, dtype=ratio.dtype)
+    return torch.bucketize(ratio, edges, right=True)
+
+
+def parse_quotas(quotas: str | Sequence[float]) -> tuple[float, float, float]:
+    """Quotas ``(Nl, Nm, Ns)`` from ``"4:3:3"`` (large:medium:small) or a sequence of three numbers."""
+    parts = quotas.split(":") if isinstance(quotas, str) else list(quotas)
+    if len(parts) != 3:
+        raise ValueError(f"quotas must look like 4:3:3 (large:medium:small), got {quotas!r}")
+    return tuple(float(p) for p in parts)  # type: ignore[return-value]
+
+
+def synthesis_probabilities(quotas: Sequence[float]) -> tuple[float, float, float]:
+    """Quotas ``(Nl, Nm, Ns)`` -> probabilities of (small, medium, large) for online use."""
+    large, medium, small = (float(q) for q in quotas)
+    total = large + medium + small
+    if min(large, medium, small) < 0 or total <= 0:
+        raise ValueError(f"quotas must be non-negative with a positive sum, got {tuple(quotas)}")
+    return small / total, medium / total, large / total
+
+
+def draw_synthesis_type(keys: torch.Tensor, quotas: Sequence[float]) -> torch.Tensor:
+    """Synthesis type per sample ``(B,)`` int64 in {1, 2, 3}, with the quotas as probabilities."""
+    p_small, p_medium, _ = synthesis_probabilities(quotas)
+    u = rng.uniform(keys, rng.Stream.SYNTHESIS_TYPE)[:, 0]
+    return torch.where(u < p_small, SMALL, torch.where(u < p_small + p_medium, MEDIUM, LARGE)).to(torch.int64)
+
+
+def draw_source(
+    keys: torch.Tensor, types: torch.Tensor, wanted: torch.Tensor, allowed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick a source whose type allows the wanted synthesis type, falling back to smaller types.
+
+    Args:
+        keys: ``(B,)`` int64 sample keys.
+        types: ``(B, N)`` source types for each sample's target.
+        wanted: ``(B,)`` synthesis type wanted.
+        allowed: optional ``(B, N)`` bool, sources still allowed (e.g. not yet failed).
+    Returns:
+        source index ``(B,)`` (-1 when no source is usable at all), synthesis type used ``(B,)``
+        (0 when none), and ``(B,)`` bool whether it had to fall back to a smaller type.
+    """
+    usable = types > TRIVIAL if allowed is None else (types > TRIVIAL) & allowed
+    synthesis = wanted.clone()
+    for _ in range(LARGE):
+        eligible = usable & (types >= synthesis[:, None])
+        empty = ~eligible.any(dim=1) & (synthesis > TRIVIAL)
+        synthesis = torch.where(empty, synthesis - 1, synthesis)
+    eligible = usable & (types >= synthesis[:, None]) & (synthesis[:, None] > TRIVIAL)
+    count = eligible.sum(dim=1)
+    pick = rng.randint(keys, rng.Stream.SOURCE, count.clamp(min=1))
+    # The pick-th eligible source: first index whose running count exceeds pick.
+    running = eligible.long().cumsum(dim=1)
+    index = torch.searchsorted(running, (pick + 1)[:, None]).squeeze(1)
+    index = torch.where(count > 0, index, torch.full_like(index, -1))
+    return index, torch.where(count > 0, synthesis, 0), (synthesis < wanted) & (count > 0)
+
+
+def draw_ratio(
+    keys: torch.Tensor,
+    synthesis: torch.Tensor,
+    ratio: torch.Tensor,
+    *,
+    decimals: int | None = 1,
+    allow_upscale: bool = True,
+) -> torch.Tensor:
+    """Draw ``R'`` uniformly in the synthesis type's range, ``(B,)`` float64.
+
+    With ``decimals`` set (the reference implementation rounds to one decimal), ``R'`` is uniform over
+    the grid points of that resolution inside the range; without upscaling it is also capped at the
+    source's own ``R`` (so the scale ``r = R' / R`` stays <= 1).
+    """
+    low = torch.tensor(RANGE_LOW, device=keys.device, dtype=torch.float64)[synthesis]
+    high = torch.tensor(RANGE_HIGH, device=keys.device, dtype=torch.float64)[synthesis]
+    if not allow_upscale:
+        high = torch.minimum(high, ratio.double())
+    u = rng.uniform(keys, rng.Stream.RATIO)[:, 0]
+    if decimals is None:
+        return low + u * (high - low)
+    step = 10.0 ** (-decimals)
+    first = torch.ceil(low / step - 1e-9)
+    # The large range is closed ([0.7, 1.0]); the others are half-open.
+    last_inclusive = torch.where(
+        synthesis == LARGE, torch.floor(high / step + 1e-9), torch.ceil(high / step - 1e-9) - 1
+    )
+    if not allow_upscale:
+        last_inclusive = torch.minimum(last_inclusive, torch.floor(high / step + 1e-9))
+    count = (last_inclusive - first + 1).clamp(min=1)
+    return (first + torch.minimum((u * count).floor(), count - 1)) * step
+
+
+class QuotaWarning(UserWarning):
+    """The bank cannot fill a synthesis-type quota; smaller types were used."""
+
+
+def warn_fallback(count: int) -> None:
+    warnings.warn(
+        f"the anomaly bank has no source large enough for {count} requested synthesis type(s); "
+        "filled with the next smaller type",
+        QuotaWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,55 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chisquare
+
+from cai_aug.engine.location import pick_uniform, valid_centres
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(8, 24),
+    width=st.integers(8, 24),
+    box_h=st.integers(1, 10),
+    box_w=st.integers(1, 10),
+    seed=st.integers(0, 2**31),
+)
+def test_chosen_centre_is_on_foreground_and_box_is_inside(height, width, box_h, box_w, seed):
+    generator = torch.Generator().manual_seed(seed)
+    foreground = torch.rand(1, 1, height, width, generator=generator) > 0.5
+    valid = valid_centres(foreground, torch.tensor([box_h]), torch.tensor([box_w]))
+    centre, found = pick_uniform(torch.tensor([seed]), valid)
+    if not found[0]:
+        assert not valid.any()
+        return
+    y, x = centre[0].tolist()
+    assert foreground[0, 0, y, x]
+    top, left = y - box_h // 2, x - box_w // 2
+    assert top >= 0 and left >= 0 and top + box_h <= height and left + box_w <= width
+
+
+def test_valid_set_matches_a_hand_computed_case():
+    foreground = torch.zeros(1, 1, 6, 6, dtype=torch.bool)
+    foreground[0, 0, 0:4, 0:6] = True
+    valid = valid_centres(foreground, torch.tensor([3]), torch.tensor([4]))
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[1:4, 2:5] = True  # rows: y-1 >= 0 and y+2 <= 6 and on fg; cols: x-2 >= 0 and x+2 <= 6
+    assert torch.equal(valid[0], expected)
+
+
+def test_choice_is_uniform_over_the_valid_set():
+    foreground = torch.zeros(1, 1, 10, 10, dtype=torch.bool)
+    foreground[0, 0, 2:6, 3:8] = True
+    valid = valid_centres(foreground, torch.tensor([1]), torch.tensor([1])).expand(20_000, -1, -1)
+    centre, _ = pick_uniform(torch.arange(20_000), valid)
+    counts = torch.bincount(centre[:, 0] * 10 + centre[:, 1], minlength=100)[valid[0].flatten()]
+    assert counts.numel() == 20 and counts.min() > 0
+    assert chisquare(counts.numpy()).pvalue > 1e-3
+
+
+def test_no_valid_location_is_reported_not_raised():
+    foreground = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    foreground[1, 0, 4, 4] = True
+    valid = valid_centres(foreground, torch.tensor([3, 20]), torch.tensor([3, 3]))
+    _, found = pick_uniform(torch.arange(2), valid)
+    assert found.tolist() == [False, False]

@@ -1,7 +1,7 @@
 """cai_aug: realistic pseudo anomalies by cross-domain anomaly injection (CAI).
 
-The engine (bank, matching, location, poisson, masks, pipeline) is imported eagerly; front ends are
-resolved lazily so that importing the package never pulls optional stacks.
+Every public name is resolved lazily (``_EXPORTS``): ``import cai_aug`` is cheap and never pulls an
+optional stack; the engine loads with its first name (``cai_aug.CAI``, ``cai_aug.CAIConfig`` ...).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AnomalyBank": "cai_aug.engine.bank",
     "CAI": "cai_aug.engine.cai",
+    "CAIConfig": "cai_aug.engine.config",
     "CAIResult": "cai_aug.engine.cai",
     "poisson_blend": "cai_aug.poisson",
+    "poisson_blend_canvases": "cai_aug.poisson",
     "PoissonStats": "cai_aug.poisson",
     "synthesize": "cai_aug.engine.algorithm1",
     "sample_key": "cai_aug.engine.rng",

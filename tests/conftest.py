@@ -9,6 +9,44 @@ import torch
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+
+def _torchvision_schemas() -> object | None:
+    """Let a CUDA torchvision wheel import on a CPU torch (test set-up only, never in the library).
+
+    PyPI's torchvision is a CUDA build: with the CPU torch its compiled ops do not load, and
+    ``import torchvision`` dies registering fake kernels for ``torchvision::nms`` and ``qnms`` (the two
+    registered unconditionally). Defining those two schemas first lets it import; only the detection ops
+    stay unavailable, which nothing here uses. A torchvision whose ops load defines them itself: then
+    this is skipped. The returned library must stay alive for the schemas to stay defined.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    try:
+        torch.ops.torchvision.nms  # noqa: B018 - present when torchvision's own ops are already loaded
+        return None
+    except (AttributeError, RuntimeError):
+        pass
+    import glob
+
+    spec = importlib.util.find_spec("torchvision")
+    libraries = glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so"))
+    try:
+        for library in libraries:
+            torch.ops.load_library(library)  # a matching (CPU or CUDA-with-GPU) build loads its own ops
+        torch.ops.torchvision.nms  # noqa: B018
+        return None
+    except (OSError, RuntimeError, AttributeError):
+        pass
+    library = torch.library.Library("torchvision", "DEF")
+    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    return library
+
+
+_TORCHVISION_SCHEMAS = _torchvision_schemas()
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -20,7 +58,14 @@ def shared_data_path(*parts: str) -> Path:
     return path
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# `gpu` marks a test that needs CUDA: it is skipped without a device (below), and `pytest -m gpu` selects
+# every such test on a GPU machine (benchmarks/gpu_check.sh)
+requires_cuda = pytest.mark.gpu
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +102,59 @@ def count_cuda_syncs(fn) -> int:
         finally:
             torch.cuda.set_sync_debug_mode(previous)
     return sum("synchroniz" in str(w.message) for w in caught)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_python(section: str) -> str:
+    """The Python code blocks of README section ``section`` (``<!-- section:NAME -->`` ... ``<!-- /section:NAME -->``).
+
+    ``$CAI_AUG_README`` names another file to read (a draft of the README text); a section not there yet
+    skips the test with the reason.
+    """
+    import re
+
+    path = Path(os.environ.get("CAI_AUG_README", README))
+    text = path.read_text(encoding="utf-8")
+    start, end = f"<!-- section:{section} -->", f"<!-- /section:{section} -->"
+    if start not in text or end not in text:
+        pytest.skip(f"{path.name} has no '{section}' section yet (its README text is merged separately)")
+    body = text.split(start, 1)[1].split(end, 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    assert blocks, f"README section '{section}' has no python code block"
+    return "\n".join(blocks)
+
+
+def readme_block(section: str, language: str) -> str:
+    """The first ``language`` code block (``yaml``, ``bash`` ...) of README section ``section``."""
+    import re
+
+    readme_python(section)  # skips when the section is absent
+    path = Path(os.environ.get("CAI_AUG_README", README))
+    body = path.read_text(encoding="utf-8").split(f"<!-- section:{section} -->", 1)[1]
+    body = body.split(f"<!-- /section:{section} -->", 1)[0]
+    blocks = re.findall(rf"```{language}\n(.*?)```", body, flags=re.S)
+    assert blocks, f"README section '{section}' has no {language} code block"
+    return blocks[0]
+
+
+@pytest.fixture()
+def cached_demo_bank(demo_bank_dir, monkeypatch):
+    """``write_demo_bank`` copies the session's demo bank instead of drawing a new one (seconds per call).
+
+    README examples call ``write_demo_bank(...)`` as a user would; their tests run that code as written
+    with this fixture, so only the demo data is shared between them.
+    """
+    import shutil
+
+    from cai_aug.io import demo_data
+
+    def copy(path, per_class: int = 6, seed: int = 0) -> Path:
+        target = Path(path)
+        if not target.exists():
+            shutil.copytree(demo_bank_dir, target)
+        return target
+
+    monkeypatch.setattr(demo_data, "write_demo_bank", copy)
+    return demo_bank_dir

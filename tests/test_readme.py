@@ -1,4 +1,4 @@
-"""The README's engine example runs as written."""
+"""The README's engine examples run as written."""
 
 import re
 from pathlib import Path
@@ -8,7 +8,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_engine_example_runs(tmp_path, monkeypatch):
     section = README.read_text().split("<!-- section:engine -->")[1].split("<!-- /section:engine -->")[0]
-    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    # every python block of the section, in order, in one namespace (later blocks use earlier names)
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102

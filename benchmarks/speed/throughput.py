@@ -2,9 +2,10 @@
 
 Usage::
 
-    python benchmarks/throughput.py                 # everything this machine can run
-    python benchmarks/throughput.py --quick         # CPU-sized: 256x256, batches 1 and 8 (3 repeats)
-    python benchmarks/throughput.py --paths cupy torch-cuda --sizes 256 512 --batches 1 64 256
+    python benchmarks/speed/throughput.py                 # everything this machine can run
+    python benchmarks/speed/throughput.py --quick         # CPU-sized: 256x256, batches 1 and 8 (3 repeats)
+    python benchmarks/speed/throughput.py --paths cupy torch-cuda --sizes 256 512 --batches 1 64 256
+    python benchmarks/speed/throughput.py --cpu-batches 1 8 --threads 1 --budget-s 150 --json out.json
 
 Paths: ``cupy`` (CuPy kernels on the GPU), ``torch-cuda`` (torch path on the same GPU), ``torch-cpu``
 (torch path on the CPU, ``--threads`` threads) and ``opencv`` (``cv2.seamlessClone`` in a Python loop on
@@ -12,7 +13,18 @@ one CPU thread; Poisson only, it has no pipeline of its own). Poisson cases are 
 the paper's 4:3:3 mix of large / medium / small (about 180 / 77 / 26 px at 256x256, scaled with the
 image size). The pipeline is ``cai_aug.CAI(bank, ...)(images)`` on the demo bank and demo images
 (or ``--bank``). Times are the best of ``--repeats`` runs after one warm-up; CUDA is synchronised
-around each run. Prints a table and writes a plot of throughput against batch size.
+around each run. Prints a table and writes a plot of throughput against batch size; ``--json`` writes
+the rows and the device figures. Cases run size by size (all paths at 256 before any at 512);
+``--budget-s`` stops starting new cases once that many seconds have passed.
+
+On a CUDA device the table also shows the device's two floors for each GPU row, from the ceilings
+measured in the same run (a large device-to-device copy for the bandwidth, counting bytes read and
+written; a float32 matrix product without TF32 for the CUDA-core rate): the fewest bytes a solve must
+move (``BYTES_PER_UNKNOWN`` per canvas pixel, channel and PCG iteration, times the measured iterations,
+over each pattern's bounding box plus one pixel) over the bandwidth, and its float32 operations
+(``FLOPS_PER_UNKNOWN``) over the rate. The pipeline floor adds reading the image and writing the image
+and mask once. ``x floor`` is the measured time per image over the larger floor: how far from the limit.
+Peak memory per image is ``torch.cuda.max_memory_allocated`` above the baseline, over the batch.
 """
 
 from __future__ import annotations
@@ -30,9 +42,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from poisson_speed import MIX, SIZES, star_mask  # noqa: E402
 
-from cai_aug.poisson.solver import poisson_blend  # noqa: E402
+from cai_aug.poisson import poisson_blend  # noqa: E402
 
 PATHS = ("cupy", "torch-cuda", "torch-cpu", "opencv")
+GPU_PATHS = ("cupy", "torch-cuda")
+
+# Traffic and work of one PCG iteration per canvas pixel and channel on the CuPy path (float32), counted
+# from its fused kernels (cupy_backend.py): A p with <p, q> (2 values), the x/r update with <r, r> (6),
+# the V-cycle on the fine level (4 colour sweeps x 3, residual + restriction 2.25, prolongation 2.25)
+# times 4/3 for the coarse levels (22), <r, z> (2) and the new direction (3): 35 values, plus the
+# operator's weights (east, south, diagonal, inverse: 19 reads per sample and iteration, x 4/3, shared
+# by 3 channels: 8.4). Operations: stencil and dot 12, update 6, V-cycle 33 x 4/3 = 44, dot and
+# direction 4. Lower bounds: the solver pads canvases to a few bucket sizes and keeps coarse levels.
+BYTES_PER_UNKNOWN = 4 * 43.4
+FLOPS_PER_UNKNOWN = 66.0
+# the speed figures a user would otherwise have
+PAPER_SECONDS_PER_IMAGE = 0.019  # CAI-N, one CPU process (the paper's speed figure)
+FPIE_SECONDS_256 = 0.027  # Fast-Poisson-Image-Editing, one 256x256 image on an RTX 2080 (its README)
 
 
 def path_available(path: str) -> str | None:
@@ -71,6 +97,63 @@ def poisson_cases(batch: int, size: int, seed: int = 0):
     return target, source, np.stack(masks), centres
 
 
+def canvas_pixels(masks: np.ndarray | torch.Tensor) -> float:
+    """Mean over the batch of each mask's bounding box plus one pixel (clipped): the solver's unknowns."""
+    m = torch.as_tensor(masks).bool().reshape(len(masks), *masks.shape[-2:])
+    h, w = m.shape[-2:]
+    total = 0
+    for one in m:
+        rows, cols = one.any(1).nonzero(), one.any(0).nonzero()
+        if len(rows) == 0:
+            continue
+        y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 1, h - 1)
+        x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 1, w - 1)
+        total += (y1 - y0 + 1) * (x1 - x0 + 1)
+    return total / max(len(m), 1)
+
+
+def device_ceilings(device: torch.device, elements: int = 2**28, n: int = 8192) -> dict:
+    """Measured bandwidth (device-to-device copy of ``elements`` float32, 1 GiB, counting bytes read and
+    written) and float32 rate (an ``n``-cubed matrix product without TF32), each the best of 5 after a
+    warm-up."""
+    src = torch.rand(elements, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    copy_s = _best(lambda: dst.copy_(src), 5, device)
+    a = torch.rand(n, n, device=device)
+    b = torch.rand(n, n, device=device)
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        torch.mm(a, b)
+        mm_s = _best(lambda: torch.mm(a, b), 5, device)
+    finally:
+        matmul.allow_tf32 = previous
+    return dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        bandwidth_gbs=2 * elements * 4 / copy_s / 1e9,
+        fp32_tflops=2 * n**3 / mm_s / 1e12,
+    )
+
+
+def add_floors(row: dict, size: int, ceilings: dict | None, channels: int = 3) -> None:
+    """Memory and compute floors (seconds per image) of the solve and the pipeline, and the gap."""
+    if not ceilings or row["path"] not in GPU_PATHS or not math.isfinite(row.get("iters", float("nan"))):
+        return
+    unknowns = row["canvas_px"] * channels * row["iters"]
+    bandwidth, rate = ceilings["bandwidth_gbs"] * 1e9, ceilings["fp32_tflops"] * 1e12
+    solve_floor = max(unknowns * BYTES_PER_UNKNOWN / bandwidth, unknowns * FLOPS_PER_UNKNOWN / rate)
+    row["poisson_mem_floor_us"] = 1e6 * unknowns * BYTES_PER_UNKNOWN / bandwidth
+    row["poisson_flop_floor_us"] = 1e6 * unknowns * FLOPS_PER_UNKNOWN / rate
+    row["poisson_floor_x"] = (1.0 / row["solves"]) / solve_floor
+    if "images" in row:
+        io_bytes = 4 * size * size * (2 * channels + 1)  # image in, image and mask out, float32
+        pipe_floor = solve_floor + io_bytes / bandwidth
+        row["pipeline_floor_us"] = 1e6 * pipe_floor
+        row["pipeline_floor_x"] = (1.0 / row["images"]) / pipe_floor
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -102,7 +185,7 @@ def bench_poisson(path: str, size: int, batch: int, repeats: int) -> dict:
 
         run()
         seconds = _best(run, repeats, torch.device("cpu"))
-        return dict(solves=batch / seconds, iters=float("nan"), resid=float("nan"))
+        return dict(solves=batch / seconds, iters=float("nan"), resid=float("nan"), canvas_px=canvas_pixels(masks))
     device = torch.device("cpu" if path == "torch-cpu" else "cuda")
     backend = "cupy" if path == "cupy" else "torch"
     t = torch.from_numpy(target).permute(0, 3, 1, 2).float().div_(255).to(device)
@@ -129,6 +212,7 @@ def bench_poisson(path: str, size: int, batch: int, repeats: int) -> dict:
         iters=float(st.iterations.double().mean()),
         resid=float(st.residual.max()),
         peak_mib=peak,
+        canvas_px=canvas_pixels(masks),
     )
 
 
@@ -147,7 +231,14 @@ def bench_pipeline(path: str, size: int, batch: int, repeats: int, bank, foregro
         out["r"] = cai(images)
 
     seconds = _best(run, repeats, device)
-    return dict(images=batch / seconds, labels=float(out["r"].labels.float().mean()))
+    result = dict(images=batch / seconds, labels=float(out["r"].labels.float().mean()))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run()
+        _sync(device)
+        result["pipeline_peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / batch / 2**20
+    return result
 
 
 def main() -> None:
@@ -162,8 +253,12 @@ def main() -> None:
     parser.add_argument("--foreground", default="auto")
     parser.add_argument("--no-pipeline", action="store_true", help="time the Poisson solve only")
     parser.add_argument("--quick", action="store_true", help="256x256, batches 1 and 8")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no new case after this many seconds")
+    parser.add_argument("--no-floors", action="store_true", help="skip measuring the GPU's bandwidth and rate")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows and device figures here")
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("throughput.png"))
     args = parser.parse_args()
+    start = time.perf_counter()
     if args.quick:
         args.sizes, args.batches = [256], [1, 8]
     cpu_batches = args.cpu_batches or args.batches
@@ -179,55 +274,115 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     print(f"GPU: {device_name}; torch {torch.__version__}; CPU threads (torch): {args.threads}")
+    ceilings = None
+    if torch.cuda.is_available() and not args.no_floors and any(p in GPU_PATHS for p in args.paths):
+        try:
+            ceilings = device_ceilings(torch.device("cuda"))
+            print(
+                f"measured ceilings: {ceilings['bandwidth_gbs']:.0f} GB/s device-to-device (read + write), "
+                f"{ceilings['fp32_tflops']:.1f} TFLOP/s float32 without TF32"
+            )
+        except Exception as exc:  # noqa: BLE001 - the rows matter more than the floors
+            print(f"measuring the device's ceilings FAILED ({type(exc).__name__}: {exc}); no floors")
+        torch.cuda.empty_cache()
+    meta = dict(device=device_name, torch=torch.__version__, threads=args.threads, ceilings=ceilings, argv=sys.argv)
     header = (
         f"{'path':<11} {'size':>5} {'batch':>5} {'poisson/s':>10} {'iters':>6} {'max resid':>10} "
-        f"{'MiB/img':>8} {'pipeline img/s':>15}"
+        f"{'MiB/img':>8} {'pipeline img/s':>15} {'pipe MiB/img':>12} {'floor us/img':>12} {'x floor':>8}"
     )
     print(header)
     print("-" * len(header))
-    rows = []
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    available = {}
     for path in args.paths:
-        reason = path_available(path)
-        if reason:
-            print(f"{path:<11} skipped: {reason}")
-            continue
-        batches = cpu_batches if path in ("torch-cpu", "opencv") else args.batches
-        for size in args.sizes:
-            for batch in batches:
+        available[path] = path_available(path)
+        if available[path]:
+            print(f"{path:<11} skipped: {available[path]}")
+    for size in args.sizes:
+        for path in args.paths:
+            if available[path]:
+                continue
+            for batch in cpu_batches if path in ("torch-cpu", "opencv") else args.batches:
+                if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+                    print(f"{path:<11} {size:>5} {batch:>5} skipped: past the {args.budget_s:.0f} s budget", flush=True)
+                    skipped.append(dict(path=path, size=size, batch=batch, reason="budget"))
+                    continue
                 row = dict(path=path, size=size, batch=batch)
-                row.update(bench_poisson(path, size, batch, args.repeats))
-                if bank is not None and path != "opencv":
-                    row.update(bench_pipeline(path, size, batch, args.repeats, bank, args.foreground))
+                try:
+                    row.update(bench_poisson(path, size, batch, args.repeats))
+                    if bank is not None and path != "opencv":
+                        row.update(bench_pipeline(path, size, batch, args.repeats, bank, args.foreground))
+                except Exception as exc:  # noqa: BLE001 - one failing case must not lose the others
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+                    print(f"{path:<11} {size:>5} {batch:>5} FAILED: {row['error'][:300]}", flush=True)
+                    skipped.append(row)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    continue
+                add_floors(row, size, ceilings)
                 rows.append(row)
-                pipe = f"{row['images']:>15.1f}" if "images" in row else f"{'-':>15}"
-                peak = row.get("peak_mib", float("nan"))
-                print(
-                    f"{path:<11} {size:>5} {batch:>5} {row['solves']:>10.1f} {row['iters']:>6.1f} "
-                    f"{row['resid']:>10.1e} {peak:>8.2f} {pipe}",
-                    flush=True,
-                )
+                print(format_row(row), flush=True)
+                if args.json:
+                    write_json(args.json, meta, rows, skipped)
     print_ratios(rows)
+    if args.json:
+        write_json(args.json, meta, rows, skipped)
+        print(f"json: {args.json}")
     if args.plot and rows:
         plot(rows, args.plot)
         print(f"plot: {args.plot}")
+    if any("error" in r for r in skipped):
+        sys.exit(1)
 
 
-PAPER_SECONDS_PER_IMAGE = 0.019  # CAI-N, one CPU process (the paper's speed figure)
+def format_row(row: dict) -> str:
+    nan = float("nan")
+    pipe = f"{row['images']:>15.1f}" if "images" in row else f"{'-':>15}"
+    floor_us = row.get("pipeline_floor_us", row.get("poisson_mem_floor_us"))
+    gap = row.get("pipeline_floor_x", row.get("poisson_floor_x"))
+    return (
+        f"{row['path']:<11} {row['size']:>5} {row['batch']:>5} {row['solves']:>10.1f} {row['iters']:>6.1f} "
+        f"{row['resid']:>10.1e} {row.get('peak_mib', nan):>8.2f} {pipe} {row.get('pipeline_peak_mib', nan):>12.2f} "
+        + (f"{floor_us:>12.2f} {gap:>8.1f}" if floor_us is not None else f"{'-':>12} {'-':>8}")
+    )
+
+
+def write_json(path: Path, meta: dict, rows: list[dict], skipped: list[dict]) -> None:
+    import json
+
+    def clean(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    data = dict(meta, rows=[{k: clean(v) for k, v in r.items()} for r in rows], skipped=skipped)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def print_ratios(rows: list[dict]) -> None:
-    """Ratios measured in this run: Poisson solves against the OpenCV loop on the same cases, and the
-    full pipeline against the paper's 0.019 s per pseudo-anomaly image."""
+    """Ratios measured in this run: Poisson solves against the OpenCV loop on the same cases (same size and
+    batch, else OpenCV's largest batch at that size), the full pipeline against the paper's 0.019 s per
+    pseudo-anomaly image, and the solve against Fast-Poisson-Image-Editing's 27 ms per 256x256 image
+    (an RTX 2080; its own figure, not measured here)."""
     opencv = {(r["size"], r["batch"]): r["solves"] for r in rows if r["path"] == "opencv"}
-    print(f"\n{'path':<11} {'size':>5} {'batch':>5} {'poisson / opencv':>17} {'s per image':>12} {'paper / ours':>13}")
+    opencv_size = {}
+    for r in sorted((r for r in rows if r["path"] == "opencv"), key=lambda r: r["batch"]):
+        opencv_size[r["size"]] = r["solves"]
+    print(
+        f"\n{'path':<11} {'size':>5} {'batch':>5} {'poisson / opencv':>17} {'s per image':>12} {'paper / ours':>13} "
+        f"{'FPIE / ours':>12}"
+    )
     for r in rows:
         if r["path"] == "opencv":
             continue
-        versus = r["solves"] / opencv[(r["size"], r["batch"])] if (r["size"], r["batch"]) in opencv else float("nan")
+        cv = opencv.get((r["size"], r["batch"]), opencv_size.get(r["size"]))
+        versus = r["solves"] / cv if cv else float("nan")
         seconds = 1.0 / r["images"] if r.get("images") else float("nan")
+        fpie = FPIE_SECONDS_256 * r["solves"] if r["size"] == 256 else float("nan")
+        r["ratio_opencv"], r["ratio_paper"], r["ratio_fpie"] = versus, PAPER_SECONDS_PER_IMAGE / seconds, fpie
         print(
             f"{r['path']:<11} {r['size']:>5} {r['batch']:>5} {versus:>17.2f} {seconds:>12.4f} "
-            f"{PAPER_SECONDS_PER_IMAGE / seconds:>13.2f}"
+            f"{PAPER_SECONDS_PER_IMAGE / seconds:>13.2f} {fpie:>12.1f}"
         )
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from cai_aug.io.images import is_image_file
+from cai_aug.io.images import list_images, read_image, read_mask
 
 DEFAULT_CLASS = "anomaly"
 _CLASS_KEYS = ("source_class", "class", "anomaly_class")
@@ -76,9 +75,10 @@ def scan_pseudo_folder(folder: str | Path) -> list[PseudoSample]:
     if not root.is_dir():
         raise FileNotFoundError(f"pseudo-anomaly folder {str(root)!r} does not exist")
     search = root / "images" if (root / "images").is_dir() else root
-    images = sorted(
-        p for p in search.rglob("*") if is_image_file(p) and not p.stem.endswith("_mask") and "masks" not in p.parts
-    )
+    try:
+        images = list_images(search, what="pseudo-anomaly folder")  # the package's one listing rules
+    except ValueError:
+        images = []  # reported below, with the layout expected
     classes = _manifest_classes(root)
     samples = []
     for image in images:
@@ -98,8 +98,8 @@ def scan_pseudo_folder(folder: str | Path) -> list[PseudoSample]:
 
 def load_pair(sample: PseudoSample, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Image ``(3, R, R)`` float in [0, 1] and mask ``(1, R, R)`` in {0, 1} at the training resolution."""
-    image = np.asarray(Image.open(sample.image).convert("RGB"), dtype=np.float32) / 255.0
-    mask = np.asarray(Image.open(sample.mask).convert("L")) > 0
+    image = read_image(sample.image, "RGB").astype(np.float32) / 255.0
+    mask = read_mask(sample.mask)
     img = torch.from_numpy(image).permute(2, 0, 1)[None]
     msk = torch.from_numpy(mask.astype(np.float32))[None, None]
     img = F.interpolate(img, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cai_aug.engine import rng
+from cai_aug.io.coerce import as_float_batch, restore_layout
 
 from .attention import adaptive_weight_map, install_reweighting
 from .checkpoint import CDMEmbeddings, load_checkpoint, read_config
@@ -260,15 +261,15 @@ class CDMSampler:
         classes: str | Sequence[str] | None = None,
         keys: torch.Tensor | Sequence[int | str] | None = None,
     ) -> CDMResult:
-        """Pseudo anomalies of normal ``images (B,3,H,W)`` (float in [0,1] or uint8) with per-sample info."""
-        squeeze = images.ndim == 3
+        """Pseudo anomalies of normal ``images (B,3,H,W)`` or ``(B,1,H,W)`` (float in [0,1] or uint8) with
+        per-sample info; a grey batch comes back grey."""
+        # The package's one coercion (cai_aug.io.coerce): shapes, dtypes, range and NaN checked there.
+        x, layout = as_float_batch(images, "images")
+        squeeze = not layout.batched
         if squeeze:
             images = images[None]
             masks = masks[None] if masks is not None and masks.ndim == 3 else masks
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"images must be (B,3,H,W) or (B,1,H,W), got {tuple(images.shape)}")
         in_dtype = images.dtype
-        x = images.float() / 255.0 if in_dtype == torch.uint8 else images.float()
         gray = x.shape[1] == 1
         x = x.expand(-1, 3, -1, -1) if gray else x
         keys_t = self.sample_keys(x.shape[0], keys)
@@ -289,10 +290,7 @@ class CDMSampler:
         generated = _resize(generated, tuple(x.shape[-2:])).to(images.device).clamp(0.0, 1.0)
         if gray:
             generated = generated.mean(1, keepdim=True)
-        if in_dtype == torch.uint8:
-            generated = (generated * 255.0).round().to(torch.uint8)
-        else:
-            generated = generated.to(in_dtype)
+        generated = restore_layout(generated, replace(layout, batched=True, channels_last=False))
         # Composite at the input size: outside the mask the input pixels are copied, bit for bit.
         out = torch.where(m.to(images.device) > 0, generated, images)
         labels = (m.flatten(1).amax(1) > 0).float()

@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from cai_aug import __version__
+
 # (sub-command module, its one-line help). Each module defines ``register(subparsers)`` which adds
 # its parser and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
 SUBCOMMANDS = (
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cai-aug", description="Cross-domain anomaly injection: realistic pseudo anomalies."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         try:
@@ -39,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"cai-aug {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as error:  # OSError: missing, existing, unwritable, disk full
+        # our own OSErrors carry the whole message in strerror; str() would prefix "[Errno 28]"
+        text = error.strerror if isinstance(error, OSError) and error.strerror and not error.filename else error
+        print(f"cai-aug {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 

@@ -7,10 +7,9 @@ runs, so ``cai-aug`` works without the extra.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from cai_aug.io.images import is_image_file
+from cai_aug.io.output import output_stem
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cdm-sample",
         help="make pseudo anomalies of normal images with a trained CDM",
         description="Blended latent diffusion inside masks (from --masks or CAI's location sampling "
-        "with --bank); pixels outside the masks are the input's. Writes images/, masks/, manifest.jsonl.",
+        "with --bank); pixels outside the masks are the input's, in its own mode and depth. Writes images/, "
+        "masks/, manifest.jsonl (paths relative to --out), skipped.jsonl; atomic files, --resume.",
     )
     sample.add_argument("--normal", required=True, type=Path, help="folder of normal images")
     sample.add_argument("--pretrained", required=True, type=Path, help="local SD-style diffusers folder")
@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--batch-size", type=int, default=4)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default=None)
+    sample.add_argument("--resume", action="store_true", help="continue a run that was stopped")
+    sample.add_argument(
+        "--strict", action="store_true", help="stop at the first input that cannot be used (default: skip it)"
+    )
     sample.set_defaults(func=run_sample)
 
 
@@ -96,24 +100,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"normal image folder {str(folder)!r} does not exist")
-    images = sorted(p for p in folder.rglob("*") if is_image_file(p) and not p.stem.endswith("_mask"))
-    if not images:
-        raise ValueError(f"no images in {str(folder)!r}")
-    return images
-
-
 def run_sample(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from cai_aug.cdm import CDMSampler
+    from cai_aug.io.images import image_keys
+    from cai_aug.io.output import OutputFolder
 
-    paths = _list_images(args.normal)
+    keys = image_keys(args.normal, what="normal image folder")
+    output = OutputFolder(args.out, resume=args.resume)  # refuse a used folder before loading the model
     sampler = CDMSampler(
         args.pretrained,
         args.checkpoint,
@@ -126,60 +122,85 @@ def run_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    (args.out / "images").mkdir(parents=True, exist_ok=True)
-    (args.out / "masks").mkdir(parents=True, exist_ok=True)
-    jobs = [(p, k) for p in paths for k in range(args.per_image)]
-    with (args.out / "manifest.jsonl").open("w") as manifest, tqdm(total=len(jobs), desc="cdm-sample") as bar:
+    jobs = [(key, k) for key in keys for k in range(args.per_image) if k not in output.done_indices(key)]
+    with tqdm(total=len(jobs), desc="cdm-sample") as bar:
         for start in range(0, len(jobs), args.batch_size):
             chunk = jobs[start : start + args.batch_size]
-            arrays = [np.asarray(Image.open(p).convert("RGB")) for p, _ in chunk]
-            if len({a.shape for a in arrays}) > 1:  # one batch needs one size: fall back to singles
-                results = [_one(sampler, a, p, k, args) for a, (p, k) in zip(arrays, chunk)]
-            else:
-                images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-                masks = _read_masks(args.masks, [p for p, _ in chunk], images.shape) if args.masks else None
-                keys = [f"{p.relative_to(args.normal).as_posix()}#{k}" for p, k in chunk]
-                result = sampler.generate(images, masks=masks, keys=keys)
-                results = [(result.images[i], result.masks[i], result.classes[i]) for i in range(len(chunk))]
-            for (path, k), (image, mask, cls) in zip(chunk, results):
-                name = f"{path.stem}_cdm{k:03d}"
-                Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(args.out / "images" / f"{name}.png")
-                mask_u8 = (mask[0].cpu().numpy() > 0).astype(np.uint8) * 255
-                Image.fromarray(mask_u8).save(args.out / "masks" / f"{name}_mask.png")
-                record = {
-                    "image": f"images/{name}.png",
-                    "mask": f"masks/{name}_mask.png",
-                    "normal": str(path),
-                    "source_class": cls,
-                    "synthesiser": "cdm",
-                }
-                manifest.write(json.dumps(record) + "\n")
+            for group in _same_size_groups(_read_jobs(chunk, args, output)):
+                images = torch.stack([image.pixels for _, _, image, _ in group])
+                masks = torch.stack([mask for *_, mask in group]) if args.masks else None
+                result = sampler.generate(images, masks=masks, keys=[f"{key}#{k}" for key, k, _, _ in group])
+                for i, (key, k, image, _) in enumerate(group):
+                    stem = output_stem(key, k, "cdm")
+                    record = {
+                        "image": f"images/{stem}.png",
+                        "mask": f"masks/{stem}_mask.png",
+                        "normal": key,
+                        "index": k,
+                        "seed": args.seed,
+                        "source_class": result.classes[i],
+                        "synthesiser": "cdm",
+                    }
+                    # the input's own mode and depth (grey stays grey, 16-bit stays 16-bit, alpha kept)
+                    output.add(record, image.restore(result.images[i]), result.masks[i])
             bar.update(len(chunk))
-    print(f"cdm-sample: {len(jobs)} pseudo anomalies -> {args.out}")
+    output.sort_manifest(keys)
+    output.write_preview(missing_ok=True)
+    skipped = f"; skipped {len(output.skipped)} input(s), see {output.root / 'skipped.jsonl'}" if output.skipped else ""
+    print(f"cdm-sample: {len(output.records())} pseudo anomalies -> {args.out}{skipped}")
     return 0
 
 
-def _one(sampler, array, path: Path, k: int, args: argparse.Namespace):
+def _read_jobs(chunk: list[tuple[str, int]], args: argparse.Namespace, output) -> list[tuple]:
+    """``(key, k, image, mask)`` of the jobs whose inputs are usable; the others go to ``skipped.jsonl``
+    (or, with ``--strict``, stop the run)."""
+    from cai_aug.io.coerce import load_image
+
+    read = []
+    for key, k in chunk:
+        try:
+            image = load_image(args.normal / key, name=key)
+            mask = _read_mask(args.masks, key, image.pixels.shape[-2:]) if args.masks else None
+        except ValueError as error:
+            if args.strict:
+                raise ValueError(f"{error} (--strict stops at the first input that cannot be used)") from error
+            output.skip(key, str(error))
+            continue
+        output.unskip(key)
+        read.append((key, k, image, mask))
+    return read
+
+
+def _same_size_groups(jobs: list[tuple]) -> list[list[tuple]]:
+    """Jobs split into batches of one image size and channel count (one batch needs one shape)."""
+    groups: dict[tuple[int, ...], list[tuple]] = {}
+    for job in jobs:
+        groups.setdefault(tuple(job[2].pixels.shape), []).append(job)
+    return list(groups.values())
+
+
+def _read_mask(folder: Path, key: str, size: tuple[int, int]):
+    """The ``--masks`` mask of image ``key``: ``<folder>/<key's folders>/<stem>_mask.png``, or
+    ``<folder>/<stem>_mask.png``; ``(1, H, W)`` float in {0, 1}.
+
+    Raises
+    ------
+    ValueError
+        No mask, an unreadable one, or one whose size is not the image's.
+    """
     import torch
 
-    image = torch.from_numpy(array).permute(2, 0, 1)[None]
-    masks = _read_masks(args.masks, [path], image.shape) if args.masks else None
-    result = sampler.generate(image, masks=masks, keys=[f"{path.relative_to(args.normal).as_posix()}#{k}"])
-    return result.images[0], result.masks[0], result.classes[0]
+    from cai_aug.io.images import read_mask
 
-
-def _read_masks(folder: Path, paths: list[Path], shape: tuple[int, ...]):
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    out = []
-    for path in paths:
-        mask_path = folder / f"{path.stem}_mask.png"
-        if not mask_path.is_file():
-            raise FileNotFoundError(f"no mask {mask_path} for {path}")
-        mask = np.asarray(Image.open(mask_path).convert("L")) > 0
-        if mask.shape != tuple(shape[-2:]):
-            raise ValueError(f"mask {mask_path} is {mask.shape}, image is {tuple(shape[-2:])}")
-        out.append(torch.from_numpy(mask.astype(np.float32))[None])
-    return torch.stack(out)
+    name = f"{PurePosixPath(key).stem}_mask.png"
+    candidates = [folder / PurePosixPath(key).with_name(name), folder / name]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise ValueError(f"no mask for image {key} (looked for {candidates[0]})")
+    mask = read_mask(path)
+    if mask.shape != tuple(size):
+        raise ValueError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {key} is {size[1]}x{size[0]}: "
+            "a mask must match its image"
+        )
+    return torch.from_numpy(mask.astype("float32"))[None]

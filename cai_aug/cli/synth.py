@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
+from cai_aug.cli.options import add_engine_options, engine_config
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
-from cai_aug.engine.matching import parse_quotas
 from cai_aug.frontends.offline import run_local
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the sub-commands that run the engine."""
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the sub-commands that run the engine: the run, the bank and the engine."""
     parser.add_argument("--per-image", type=int, default=10, help="pseudo anomalies per normal image (10)")
-    parser.add_argument("--mode", choices=("normal", "mixed"), default="normal", help="Poisson guidance")
-    parser.add_argument("--quotas", default="4:3:3", help="large:medium:small quotas (4:3:3)")
     parser.add_argument("--classes", nargs="+", default=None, help="restrict the bank to these classes")
     parser.add_argument("--exclude", nargs="+", default=None, help="source datasets or ids to leave out")
-    parser.add_argument("--foreground", default="auto", choices=("auto", "none", "rembg"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument(
@@ -29,20 +27,16 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (1: the per-image work is small, and extra threads lose to their barriers "
         "as soon as the cores are shared; see benchmarks/RESULTS.md)",
     )
+    add_engine_options(parser)
 
 
 def make_engine(args: argparse.Namespace) -> CAI:
+    """The engine of parsed ``synth`` flags: bank loaded, options checked, threads set."""
+    config = engine_config(args)  # before the bank: a bad option fails without reading any file
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     bank = AnomalyBank.from_folder(args.bank, classes=args.classes, exclude=args.exclude, progress=True)
-    return CAI(
-        bank,
-        mode=args.mode,
-        quotas=parse_quotas(args.quotas),
-        foreground=args.foreground,
-        seed=args.seed,
-        device=args.device,
-    )
+    return CAI(bank, config, seed=args.seed, device=args.device)
 
 
 def register(subparsers) -> None:
@@ -50,12 +44,17 @@ def register(subparsers) -> None:
     parser.add_argument("--normal", required=True, help="folder of normal images (searched recursively)")
     parser.add_argument("--bank", required=True, help="anomaly bank folder")
     parser.add_argument("--out", required=True, help="output folder")
-    add_engine_options(parser)
     parser.add_argument("--resume", action="store_true", help="continue a run that was stopped")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first input image that cannot be used (default: skip it, named in skipped.jsonl)",
+    )
     parser.add_argument("--engine", choices=("local", "ray"), default="local")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local instance)")
     parser.add_argument("--workers", type=int, default=None, help="Ray actors")
     parser.add_argument("--batch-size", type=int, default=8, help="images per Ray batch")
+    add_run_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -63,8 +62,16 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from cai_aug.frontends.ray import run_ray  # optional stack
 
+        engine_config(args)  # check the options here, not inside the actors
         output = run_ray(args)
     else:
-        output = run_local(args.normal, make_engine(args), args.out, per_image=args.per_image, resume=args.resume)
+        output = run_local(
+            args.normal, make_engine(args), args.out, per_image=args.per_image, resume=args.resume, strict=args.strict
+        )
     print(f"wrote {len(output.records())} pseudo anomalies to {output.root} (preview: {output.root / 'preview.png'})")
+    if output.skipped:
+        print(
+            f"skipped {len(output.skipped)} input image(s) that could not be used: see {output.root / 'skipped.jsonl'}",
+            file=sys.stderr,
+        )
     return 0

@@ -17,7 +17,7 @@ import torch
 from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
-from cai_aug.engine.matching import LARGE, SMALL, TRIVIAL, bbox_size, source_type, warn_fallback
+from cai_aug.engine.matching import LARGE, SMALL, TRIVIAL, size_ratios, source_type, warn_fallback
 from cai_aug.io.coerce import as_float_batch
 
 MAX_DRAWS = 10_000
@@ -107,7 +107,8 @@ def synthesize(
         n: number of pseudo anomalies (the paper: 10, as 4 large, 3 medium, 3 small).
         image_key: the target's key (offline: its path relative to the input folder); with the seed it
             fixes every decision, whatever else is processed with it.
-        cai: a configured :class:`CAI` (else one is made from ``bank`` and ``cai_kwargs``).
+        cai: a configured :class:`CAI` (else one is made from ``bank`` and ``cai_kwargs``: ``config=``,
+            ``seed=``, ``device=`` and engine options, as :class:`CAI` takes them).
     Returns:
         the pseudo anomalies, ordered by slot; fewer than ``n`` only if the bank cannot place some.
     """
@@ -119,12 +120,10 @@ def synthesize(
         raise ValueError("synthesize takes one target image (C, H, W); loop or batch with CAI for more")
     device = cai.device or image.device
     image = image.to(device)
-    foreground = cai._foreground(image, [str(image_key)])
-    storage = cai.bank.storage_on(device)
-    ratio = storage.bbox[:, 2:].amax(dim=1) / bbox_size(foreground).clamp(min=1)
-    types = source_type(ratio)
+    foreground = cai.estimate_foreground(image, [str(image_key)])
+    types = source_type(size_ratios(cai.bank.storage_on(device).source_sizes, foreground))[0]  # (N,)
     key = rng.sample_key(cai.seed, image_key)
-    left = quota_counts(cai.quotas, n)
+    left = quota_counts(cai.config.quotas, n)
     results: list[PseudoAnomaly] = []
     draws, slot, moved_any = 0, 0, False
     for round_index in range(max_rounds):

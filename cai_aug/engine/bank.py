@@ -62,6 +62,11 @@ class BankStorage:
     def to(self, device: torch.device | str) -> BankStorage:
         return BankStorage(*(getattr(self, name).to(device) for name in self.__dataclass_fields__))
 
+    @property
+    def source_sizes(self) -> torch.Tensor:
+        """``sa = max(bbox(ya))`` per source, ``(N,)`` float32 (level-0 pixels), on this storage's device."""
+        return self.bbox[:, 2:].amax(dim=1)
+
 
 @dataclass
 class AnomalyBank:
@@ -119,20 +124,26 @@ class AnomalyBank:
         max_levels: int = 6,
         progress: bool = False,
     ) -> AnomalyBank:
-        crops, kept, empty = [], [], 0
+        crops, kept, empty, bad = [], [], 0, []
         iterator = entries
         if progress:
             from tqdm.auto import tqdm
 
             iterator = tqdm(entries, desc="loading anomaly bank", unit="source")
         for entry in iterator:
-            image = read_image(entry.image_path, "RGB")
-            mask = read_mask(entry.mask_path)
+            # one bad file among thousands of sources must not stop a run: skip it, count it, say why
+            try:
+                image = read_image(entry.image_path, "RGB")
+                mask = read_mask(entry.mask_path)
+            except ValueError as error:
+                bad.append(str(error))
+                continue
             if image.shape[:2] != mask.shape:
-                raise ValueError(
+                bad.append(
                     f"mask {entry.mask_path} is {mask.shape[1]}x{mask.shape[0]} but image "
                     f"{entry.image_path} is {image.shape[1]}x{image.shape[0]}"
                 )
+                continue
             if not mask.any():
                 empty += 1
                 continue
@@ -140,8 +151,14 @@ class AnomalyBank:
             kept.append(entry)
         if empty:
             warnings.warn(f"anomaly bank: skipped {empty} source(s) with an empty mask", stacklevel=2)
+        if bad:
+            warnings.warn(
+                f"anomaly bank: skipped {len(bad)} unusable source(s) (unreadable, or mask not matching its "
+                f"image); first: {bad[0]}",
+                stacklevel=2,
+            )
         if not kept:
-            raise ValueError("anomaly bank is empty: no source with a non-empty mask")
+            raise ValueError("anomaly bank is empty: no readable source with a non-empty mask")
         storage = _pack(crops, max_levels)
         return cls(entries=kept, storage=storage, root=root, context=context)
 
@@ -159,8 +176,9 @@ class AnomalyBank:
 
     @property
     def source_sizes(self) -> torch.Tensor:
-        """``sa = max(bbox(ya))`` per source, ``(N,)`` float32 (level-0 pixels)."""
-        return self.storage.bbox[:, 2:].amax(dim=1)
+        """``sa = max(bbox(ya))`` per source, ``(N,)`` float32 (level-0 pixels); on a device through
+        ``storage_on(device).source_sizes``."""
+        return self.storage.source_sizes
 
     def class_index(self) -> torch.Tensor:
         """Class of every source as an index into :attr:`classes`, ``(N,)`` int64."""

@@ -1,43 +1,41 @@
 """The CAI engine: one pseudo anomaly per input image, batched on any device.
 
 Per sample (all steps batched, every random decision keyed per sample, see :mod:`cai_aug.engine.rng`):
-foreground -> STM/MAS (synthesis type, source, R') -> ILS (centre) -> resample the source into a
-canvas -> Omega = dilate(close(mask)) -> Poisson injection -> foreground filter -> difference mask.
-A sample whose attempt fails (no valid centre even after shrinking R', or a nearly empty mask) is
-redrawn with the next attempt's keys; after ``max_attempts`` it is returned unchanged and labelled
-normal. A batch never fails because of one sample.
+foreground -> plan (STM/MAS: synthesis type, source, R') -> place (ILS: centre, shrinking R' when
+nothing fits) -> inject (source resampled into a canvas, Omega = dilate(close(mask)), Poisson on the
+canvas, foreground filter) -> mask (difference mask). A sample whose attempt fails (no valid centre
+even after shrinking R', or a nearly empty mask) is redrawn with the next attempt's keys; after
+``max_attempts`` it is returned unchanged and labelled normal. A batch never fails because of one sample.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
-from cai_aug.engine.foreground import ForegroundCache, ForegroundFn, close, dilate, resolve
-from cai_aug.engine.location import pick_uniform, valid_centres
-from cai_aug.engine.masks import difference_mask
+from cai_aug.engine.config import MODES, CAIConfig
+from cai_aug.engine.foreground import ForegroundCache, resolve
+from cai_aug.engine.injection import Injection, inject, injection_mask
+from cai_aug.engine.location import Placement, place_pattern
 from cai_aug.engine.matching import (
-    LARGE,
-    RANGE_LOW,
     TYPE_NAMES,
-    bbox_size,
-    draw_ratio,
-    draw_source,
-    draw_synthesis_type,
+    SynthesisPlan,
+    plan_synthesis,
+    size_ratios,
     source_type,
-    synthesis_probabilities,
     warn_fallback,
 )
-from cai_aug.engine.resample import crop, paste, pattern_size, render_patterns
 from cai_aug.io.coerce import as_float_batch, restore_layout
-from cai_aug.poisson.solver import poisson_blend
 
-MODES = ("normal", "mixed")
+__all__ = ["CAI", "CAIResult", "MODES"]
+
+_OPTIONS = frozenset(CAIConfig.fields())
 
 
 @dataclass
@@ -75,88 +73,100 @@ class _Attempt:
     residual: torch.Tensor
     fallback: torch.Tensor
 
+    @classmethod
+    def collect(
+        cls,
+        images: torch.Tensor,
+        plan: SynthesisPlan,
+        placement: Placement,
+        injection: Injection,
+        masks: torch.Tensor,
+        success: torch.Tensor,
+    ) -> _Attempt:
+        """The attempt's full images and masks (canvases pasted back) and its per-sample decisions."""
+        empty = torch.zeros_like(images[:, :1], dtype=torch.bool)
+        return cls(
+            images=injection.paste(images),
+            masks=injection.paste(empty, masks),
+            success=success,
+            source=plan.source,
+            synthesis=plan.synthesis,
+            ratio=plan.ratio,
+            ratio_prime=placement.ratio_prime,
+            scale=placement.scale,
+            centre=placement.centre,
+            iterations=injection.iterations,
+            residual=injection.residual,
+            fallback=plan.fallback & success,
+        )
+
 
 class CAI:
     """Cross-domain anomaly injection.
 
     Args:
         bank: the anomaly bank (sources).
-        mode: ``"normal"`` (source gradients) or ``"mixed"`` (larger of source and target gradients).
-        quotas: ``(Nl, Nm, Ns)``; online they are the probabilities of large, medium, small.
-        foreground: ``"auto"``, ``"none"``, ``"rembg"`` or a callable ``(B,C,H,W) -> (B,1,H,W)``.
-        threshold: T of the difference mask, in image units ([0, 1] scale; 7/255 by default).
-        margin: size of the square kernel that closes and then dilates the pattern mask into Omega.
-        median: median filter size of the difference mask.
-        min_mask_pixels: a pseudo anomaly with a smaller mask is redrawn.
+        config: a :class:`~cai_aug.engine.config.CAIConfig` (or its ``to_dict()``); None: the defaults.
         seed: base of every key; None draws one at construction.
         device: compute device (default: the images' device); results come back on the input's device.
-        allow_upscale: allow ``r = R'/R > 1`` (the paper's default).
-        ratio_decimals: ``R'`` resolution (the reference rounds to one decimal; None = continuous).
-        max_attempts: redraws per sample before it is returned unchanged and labelled normal.
-        use_poisson, use_stm, use_ils: ablation switches (paste under the mask; ``R'`` uniform in
-            [0.1, 1] regardless of the source's type; centre anywhere with the bbox inside the image,
-            foreground ignored).
-        rtol, max_iter, backend: Poisson solver settings (see :func:`cai_aug.poisson_blend`).
+        **overrides: engine options on top of ``config``, by name (``mode``, ``quotas``, ``foreground``,
+            ``threshold``, ``margin``, ``median``, ``min_mask_pixels``, ``allow_upscale``,
+            ``ratio_decimals``, ``max_attempts``, ``use_poisson``, ``use_stm``, ``use_ils``, ``rtol``,
+            ``max_iter``, ``backend``); each is documented and checked by ``CAIConfig``.
+
+    The options are read back as ``cai.config`` (and, as before, as attributes: ``cai.mode`` ...).
+    A bad option fails here, at construction, with the option's name in the message.
+
+    Examples:
+        >>> cai = CAI(bank, mode="mixed", seed=0)                       # doctest: +SKIP
+        >>> cai = CAI(bank, CAIConfig(mode="mixed"), seed=0)            # the same engine
+        >>> images, masks, labels = cai(batch)                          # doctest: +SKIP
     """
 
     def __init__(
         self,
         bank: AnomalyBank,
-        mode: str = "normal",
-        quotas: Sequence[float] = (4, 3, 3),
-        foreground: str | ForegroundFn = "auto",
-        threshold: float = 7 / 255,
-        margin: int = 8,
+        config: CAIConfig | Mapping[str, Any] | None = None,
+        *,
         seed: int | None = None,
         device: torch.device | str | None = None,
-        *,
-        median: int = 7,
-        min_mask_pixels: int = 10,
-        allow_upscale: bool = True,
-        ratio_decimals: int | None = 1,
-        max_attempts: int = 8,
-        use_poisson: bool = True,
-        use_stm: bool = True,
-        use_ils: bool = True,
-        rtol: float = 1e-4,
-        max_iter: int = 200,
-        backend: str = "auto",
+        **overrides: Any,
     ) -> None:
         if not isinstance(bank, AnomalyBank):
             raise TypeError(f"bank must be an AnomalyBank, got {type(bank).__name__}")
         if len(bank) == 0:
             raise ValueError("the anomaly bank is empty")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if len(tuple(quotas)) != 3:
-            raise ValueError(f"quotas must be (Nl, Nm, Ns), got {quotas!r}")
-        synthesis_probabilities(quotas)
-        if not 0 <= threshold < 1:
-            raise ValueError(f"threshold is in image units [0, 1), got {threshold}")
-        if margin < 0 or median < 1 or max_attempts < 1:
-            raise ValueError("margin must be >= 0, median >= 1 and max_attempts >= 1")
+        if isinstance(config, str):  # CAI(bank, "mixed"): the second parameter used to be the mode
+            raise TypeError(f"CAI's second parameter is a CAIConfig: pass the mode by keyword, mode={config!r}")
         self.bank = bank
-        self.mode = mode
-        self.quotas = tuple(float(q) for q in quotas)
-        self.foreground = foreground
-        self.threshold = float(threshold)
-        self.margin = int(margin)
+        self.config = CAIConfig.build(config, **overrides)
         self.seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
         self.device = None if device is None else torch.device(device)
-        self.median = median
-        self.min_mask_pixels = min_mask_pixels
-        self.allow_upscale = allow_upscale
-        self.ratio_decimals = ratio_decimals
-        self.max_attempts = max_attempts
-        self.use_poisson = use_poisson
-        self.use_stm = use_stm
-        self.use_ils = use_ils
-        self.rtol = rtol
-        self.max_iter = max_iter
-        self.backend = backend
-        self._foreground = ForegroundCache(resolve(foreground))
+        self._foreground = ForegroundCache(resolve(self.config.foreground))
         self._calls = 0
         self._warned_fallback = False
+
+    def __getattr__(self, name: str) -> Any:
+        # Engine options stay readable as attributes (cai.mode, cai.quotas ...), as before CAIConfig.
+        # Only reached when normal lookup fails; __dict__ is read directly so unpickling cannot recurse.
+        config = self.__dict__.get("config")
+        if config is not None and name in _OPTIONS:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OPTIONS:
+            raise AttributeError(
+                f"engine options are frozen: build a new engine with CAI(bank, cai.config.replace({name}=...))"
+            )
+        super().__setattr__(name, value)
+
+    def __repr__(self) -> str:
+        return f"CAI(bank={len(self.bank)} sources, {self.config!r}, seed={self.seed}, device={self.device})"
+
+    def estimate_foreground(self, images: torch.Tensor, image_ids: Sequence[str] | None = None) -> torch.Tensor:
+        """Foregrounds ``yn`` of ``(B, C, H, W)`` float images -> ``(B, 1, H, W)`` bool, cached per image id."""
+        return self._foreground(images, image_ids)
 
     # ------------------------------------------------------------------ keys
     def sample_keys(
@@ -201,18 +211,18 @@ class CAI:
         x = x.to(device)
         keys = self._keys(keys, batch).to(device)
         if foregrounds is None:
-            foreground = self._foreground(x, image_ids)
+            foreground = self.estimate_foreground(x, image_ids)
         else:
             if foregrounds.shape != (batch, 1, *x.shape[-2:]):
                 raise ValueError(f"foregrounds must be {(batch, 1, *x.shape[-2:])}, got {tuple(foregrounds.shape)}")
             foreground = foregrounds.to(device) > 0.5 if foregrounds.dtype != torch.bool else foregrounds.to(device)
-        if not self.use_ils:
+        if not self.config.use_ils:
             foreground = torch.ones_like(foreground)
 
         out_images, out_masks = x.clone(), torch.zeros_like(x[:, :1])
         record = _Record(batch, device)
         pending = torch.arange(batch, device=device)
-        for attempt in range(self.max_attempts):
+        for attempt in range(self.config.max_attempts):
             attempt_keys = rng.derive(keys[pending], attempt)
             forced = None if plan is None else (plan[0].to(device)[pending], plan[1].to(device)[pending])
             result = self._attempt(x[pending], foreground[pending], attempt_keys, forced)
@@ -256,120 +266,47 @@ class CAI:
         keys: torch.Tensor,
         forced: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> _Attempt:
-        device = images.device
-        batch, channels, height, width = images.shape
-        storage = self.bank.storage_on(device)
-        sizes = storage.bbox[:, 2:].amax(dim=1)  # sa, (N,)
-        target_size = bbox_size(foreground).clamp(min=1)  # sf, (B,)
-        ratio_all = sizes[None, :] / target_size[:, None]  # (B, N)
-
-        if forced is not None:
-            source, synthesis = forced
-            fallback = torch.zeros(batch, dtype=torch.bool, device=device)
-            ratio = ratio_all.gather(1, source.clamp(min=0)[:, None])[:, 0]
-            ratio_prime = draw_ratio(
-                keys,
-                synthesis.clamp(min=1),
-                ratio,
-                decimals=self.ratio_decimals,
-                allow_upscale=self.allow_upscale,
-            )
-        elif self.use_stm:
-            types = source_type(ratio_all)
-            wanted = draw_synthesis_type(keys, self.quotas)
-            source, synthesis, fallback = draw_source(keys, types, wanted)
-            ratio = ratio_all.gather(1, source.clamp(min=0)[:, None])[:, 0]
-            ratio_prime = draw_ratio(
-                keys,
-                synthesis.clamp(min=1),
-                ratio,
-                decimals=self.ratio_decimals,
-                allow_upscale=self.allow_upscale,
-            )
-        else:
-            count = torch.full((batch,), len(self.bank), device=device)
-            source = rng.randint(keys, rng.Stream.SOURCE, count)
-            ratio = ratio_all.gather(1, source[:, None])[:, 0]
-            u = rng.uniform(keys, rng.Stream.RATIO)[:, 0]
-            ratio_prime = 0.1 + u * 0.9
-            if self.ratio_decimals is not None:
-                ratio_prime = ratio_prime.mul(10**self.ratio_decimals).round() / 10**self.ratio_decimals
-            synthesis = source_type(ratio_prime.float()).clamp(1, LARGE)
-            fallback = torch.zeros(batch, dtype=torch.bool, device=device)
-        usable = source >= 0
-        source = source.clamp(min=0)
-        bbox = storage.bbox[source]
-
-        # ILS, shrinking R' to its type's lower bound when no centre fits.
-        scale = ratio_prime / ratio.double()
-        pattern_h, pattern_w = pattern_size(bbox, scale)
-        valid = valid_centres(foreground, pattern_h, pattern_w)
-        if self.use_stm or forced is not None:
-            shrunk = torch.tensor(RANGE_LOW, device=device, dtype=torch.float64)[synthesis.clamp(min=1)]
-            shrunk_scale = shrunk / ratio.double()
-            shrunk_h, shrunk_w = pattern_size(bbox, shrunk_scale)
-            shrunk_valid = valid_centres(foreground, shrunk_h, shrunk_w)
-            use_shrunk = ~valid.flatten(1).any(dim=1)
-            valid = torch.where(use_shrunk[:, None, None], shrunk_valid, valid)
-            ratio_prime = torch.where(use_shrunk, shrunk, ratio_prime)
-            scale = torch.where(use_shrunk, shrunk_scale, scale)
-            pattern_h = torch.where(use_shrunk, shrunk_h, pattern_h)
-            pattern_w = torch.where(use_shrunk, shrunk_w, pattern_w)
-        centre, found = pick_uniform(keys, valid)
-        placed = usable & found
-
-        # Resample the sources into canvases around their patterns.
-        pad = self.margin + 2
-        canvas_h = int(pattern_h.max()) + 2 * pad
-        canvas_w = int(pattern_w.max()) + 2 * pad
-        pattern_rgb, pattern_mask = render_patterns(storage, source, pattern_h, pattern_w, canvas_h, canvas_w, pad)
-        if channels == 1:
-            luma = torch.tensor([0.299, 0.587, 0.114], device=device)
-            pattern_rgb = (pattern_rgb * luma[None, :, None, None]).sum(dim=1, keepdim=True)
-        origin_y = centre[:, 0] - pattern_h // 2 - pad
-        origin_x = centre[:, 1] - pattern_w // 2 - pad
-        omega = dilate(close(pattern_mask, self.margin), self.margin) if self.margin > 0 else pattern_mask
-        _, inside = crop(images[:, :1], origin_y, origin_x, canvas_h, canvas_w)
-        omega &= inside & placed[:, None, None, None]
-
-        source_full = paste(images, pattern_rgb, origin_y, origin_x)
-        region = paste(torch.zeros_like(images[:, :1]), omega.float(), origin_y, origin_x) > 0.5
-        iterations = torch.zeros(batch, dtype=torch.int64, device=device)
-        residual = torch.zeros(batch, dtype=torch.float32, device=device)
-        if self.use_poisson:
-            blended, stats = poisson_blend(
-                images,
-                source_full,
-                region,
-                self.mode,
-                rtol=self.rtol,
-                max_iter=self.max_iter,
-                backend=self.backend,
-                return_stats=True,
-            )
-            blended = blended.clamp(0, 1)
-            iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
-        else:
-            pasted = paste(torch.zeros_like(images[:, :1]), pattern_mask.float(), origin_y, origin_x) > 0.5
-            blended = torch.where(pasted, source_full, images)
-        if self.use_ils:
-            blended = torch.where(foreground, blended, images)
-        masks = difference_mask(blended, images, region, self.threshold, self.median)
-        success = placed & (masks.flatten(1).sum(dim=1) >= self.min_mask_pixels)
-        return _Attempt(
-            images=blended,
-            masks=masks,
-            success=success,
-            source=torch.where(usable, source, -1),
-            synthesis=synthesis,
-            ratio=ratio.double(),
-            ratio_prime=ratio_prime.double(),
-            scale=scale.double(),
-            centre=centre,
-            iterations=iterations,
-            residual=residual,
-            fallback=fallback & success,
+        """One draw of Algorithm 1 for every sample: plan, place, inject, mask."""
+        config = self.config
+        storage = self.bank.storage_on(images.device)
+        # STM/MAS: synthesis type, source and R' from the sources' sizes relative to the foreground.
+        plan = plan_synthesis(
+            keys,
+            size_ratios(storage.source_sizes, foreground),
+            config.quotas,
+            forced=forced,
+            use_stm=config.use_stm,
+            decimals=config.ratio_decimals,
+            allow_upscale=config.allow_upscale,
         )
+        source = plan.source.clamp(min=0)  # -1 (no usable source) reads source 0 and is never placed
+        # ILS: a centre on the foreground with the pattern inside the image (R' shrinks if none fits).
+        shrinkable = config.use_stm or forced is not None
+        placement = place_pattern(
+            keys, foreground, storage.bbox[source], plan.ratio, plan.ratio_prime, plan.synthesis if shrinkable else None
+        )
+        placed = (plan.source >= 0) & placement.found
+        # PE: the source resampled into a canvas, blended into the target's canvas inside Omega.
+        injection = inject(
+            images,
+            foreground,
+            storage,
+            source,
+            placement,
+            placed,
+            margin=config.margin,
+            mode=config.mode,
+            use_poisson=config.use_poisson,
+            use_ils=config.use_ils,
+            rtol=config.rtol,
+            atol=config.atol,
+            max_iter=config.max_iter,
+            backend=config.backend,
+        )
+        # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
+        masks = injection_mask(injection, config.threshold, config.median)
+        success = placed & (masks.flatten(1).sum(dim=1) >= config.min_mask_pixels)
+        return _Attempt.collect(images, plan, placement, injection, masks, success)
 
 
 # What an attempt decided and measured per sample, copied into the record of the attempt kept.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -43,6 +44,19 @@ def _extent(occupied: torch.Tensor) -> torch.Tensor:
     return (last - first + 1).clamp(min=0)
 
 
+def size_ratios(source_sizes: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """The STM matrix ``R = sa / sf`` of every source against every target.
+
+    Args:
+        source_sizes: ``(N,)`` ``sa = max(bbox(ya))`` per source (:attr:`BankStorage.source_sizes`).
+        foreground: ``(B, 1, H, W)`` bool target foregrounds ``yn``.
+    Returns:
+        ``(B, N)`` float32; an empty foreground counts as ``sf = 1``.
+    """
+    target_sizes = bbox_size(foreground).clamp(min=1)  # sf, (B,)
+    return source_sizes[None, :] / target_sizes[:, None]
+
+
 def source_type(ratio: torch.Tensor) -> torch.Tensor:
     """Type of a source from ``R`` (any shape) -> int64 of the same shape (0 trivial ... 3 large)."""
     edges = torch.tensor(RANGE_LOW[1:], device=ratio.device, dtype=ratio.dtype)
@@ -74,7 +88,7 @@ def draw_synthesis_type(keys: torch.Tensor, quotas: Sequence[float]) -> torch.Te
 
 
 def draw_source(
-    keys: torch.Tensor, types: torch.Tensor, wanted: torch.Tensor, allowed: torch.Tensor | None = None
+    keys: torch.Tensor, types: torch.Tensor, wanted: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick a source whose type allows the wanted synthesis type, falling back to smaller types.
 
@@ -82,12 +96,11 @@ def draw_source(
         keys: ``(B,)`` int64 sample keys.
         types: ``(B, N)`` source types for each sample's target.
         wanted: ``(B,)`` synthesis type wanted.
-        allowed: optional ``(B, N)`` bool, sources still allowed (e.g. not yet failed).
     Returns:
         source index ``(B,)`` (-1 when no source is usable at all), synthesis type used ``(B,)``
         (0 when none), and ``(B,)`` bool whether it had to fall back to a smaller type.
     """
-    usable = types > TRIVIAL if allowed is None else (types > TRIVIAL) & allowed
+    usable = types > TRIVIAL
     synthesis = wanted.clone()
     for _ in range(LARGE):
         eligible = usable & (types >= synthesis[:, None])
@@ -134,6 +147,69 @@ def draw_ratio(
         last_inclusive = torch.minimum(last_inclusive, torch.floor(high / step + 1e-9))
     count = (last_inclusive - first + 1).clamp(min=1)
     return (first + torch.minimum((u * count).floor(), count - 1)) * step
+
+
+@dataclass
+class SynthesisPlan:
+    """What STM/MAS decided for each sample; every field is ``(B,)``.
+
+    ``source``: int64 source index (-1 when the bank has no usable source for the target);
+    ``synthesis``: int64 synthesis type (1 small, 2 medium, 3 large; 0 when no source);
+    ``ratio``: float64 ``R`` of the source; ``ratio_prime``: float64 ``R'`` drawn in the type's range;
+    ``fallback``: bool, the wanted type had no source and a smaller one was used.
+    """
+
+    source: torch.Tensor
+    synthesis: torch.Tensor
+    ratio: torch.Tensor
+    ratio_prime: torch.Tensor
+    fallback: torch.Tensor
+
+
+def plan_synthesis(
+    keys: torch.Tensor,
+    ratios: torch.Tensor,
+    quotas: Sequence[float],
+    *,
+    forced: tuple[torch.Tensor, torch.Tensor] | None = None,
+    use_stm: bool = True,
+    decimals: int | None = 1,
+    allow_upscale: bool = True,
+) -> SynthesisPlan:
+    """STM and MAS for one draw: the synthesis type, the source and ``R'`` of each sample.
+
+    Args:
+        keys: ``(B,)`` int64 sample keys (streams ``SYNTHESIS_TYPE``, ``SOURCE``, ``RATIO``).
+        ratios: ``(B, N)`` the STM matrix ``R`` (:func:`size_ratios`).
+        quotas: ``(Nl, Nm, Ns)``, the probabilities of the synthesis types.
+        forced: ``(source (B,), synthesis type (B,))`` decided elsewhere (offline Algorithm 1); only
+            ``R'`` is drawn.
+        use_stm: False is the paper's "without STM" ablation: any source, ``R'`` uniform in
+            ``[0.1, 1]`` and the synthesis type read from ``R'``.
+        decimals, allow_upscale: see :func:`draw_ratio`.
+    Returns:
+        the :class:`SynthesisPlan`.
+    """
+    batch = keys.shape[0]
+    no_fallback = torch.zeros(batch, dtype=torch.bool, device=keys.device)
+    if forced is not None or use_stm:
+        if forced is not None:
+            source, synthesis = forced
+            fallback = no_fallback
+        else:
+            wanted = draw_synthesis_type(keys, quotas)
+            source, synthesis, fallback = draw_source(keys, source_type(ratios), wanted)
+        ratio = ratios.gather(1, source.clamp(min=0)[:, None])[:, 0].double()
+        ratio_prime = draw_ratio(keys, synthesis.clamp(min=1), ratio, decimals=decimals, allow_upscale=allow_upscale)
+        return SynthesisPlan(source, synthesis, ratio, ratio_prime, fallback)
+    count = torch.full((batch,), ratios.shape[1], device=keys.device)
+    source = rng.randint(keys, rng.Stream.SOURCE, count)
+    ratio = ratios.gather(1, source[:, None])[:, 0].double()
+    ratio_prime = RANGE_LOW[SMALL] + rng.uniform(keys, rng.Stream.RATIO)[:, 0] * (RANGE_HIGH[LARGE] - RANGE_LOW[SMALL])
+    if decimals is not None:
+        ratio_prime = ratio_prime.mul(10**decimals).round() / 10**decimals
+    synthesis = source_type(ratio_prime.float()).clamp(SMALL, LARGE)
+    return SynthesisPlan(source, synthesis, ratio, ratio_prime, no_fallback)
 
 
 class QuotaWarning(UserWarning):

@@ -74,8 +74,13 @@ def render_patterns(
     rows0, rows1 = (y0 * width[:, None])[:, :, None], (y1 * width[:, None])[:, :, None]
     cols0, cols1 = x0[:, None, :], x1[:, None, :]
 
+    # One int32 word per RGBA pixel: index_select of words is many times faster than gathering (P, 4)
+    # uint8 rows, and viewing the words back as bytes restores the channels exactly.
+    words = storage.pixels.contiguous().view(torch.int32).reshape(-1)
+
     def fetch(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        return storage.pixels[(base + rows + cols).reshape(-1)].reshape(source.shape[0], canvas_h, canvas_w, 4)
+        index = (base + rows + cols).reshape(-1)
+        return words.index_select(0, index).view(torch.uint8).reshape(source.shape[0], canvas_h, canvas_w, 4)
 
     wy, wx = wy[:, :, None, None], wx[:, None, :, None]
     top = fetch(rows0, cols0).float() * (1 - wx) + fetch(rows0, cols1).float() * wx

@@ -47,15 +47,18 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 class Stream(IntEnum):
-    """One id per kind of random decision, so decisions never share draws."""
+    """One id per kind of random decision, so decisions never share draws.
+
+    The values are part of the output: changing one changes every anomaly made with it (6 was a
+    flip stream that nothing drew from; it stays unused rather than renumbering ``EXTRA``).
+    """
 
     SYNTHESIS_TYPE = 1
     SOURCE = 2
     RATIO = 3
     LOCATION = 4
     APPLY = 5  # whether a sample is augmented at all (front ends with p < 1)
-    FLIP = 6
-    EXTRA = 7
+    EXTRA = 7  # extensions beyond the paper (CDM's class and noise draws, folded with their own parts)
 
 
 def hash_part(part: int | str | bytes) -> int:

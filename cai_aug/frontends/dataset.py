@@ -18,88 +18,45 @@ batch or the order. The epoch lives in shared memory so ``set_epoch`` reaches pe
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 from cai_aug.engine import rng
 from cai_aug.engine.cai import CAI
-from cai_aug.frontends.augment import BankLike, apply_draws, check_p, current_rank, get_engine, rank_keys
-from cai_aug.io.images import is_image_file, read_image, to_tensor
+from cai_aug.engine.config import CAIConfig
+from cai_aug.frontends.common import BankLike, apply_draws, check_bank, check_p, current_rank, get_engine, rank_keys
+from cai_aug.io.coerce import as_rgb, coerce_image
+from cai_aug.io.images import list_images, read_image, to_tensor
 
 
 def to_image_tensor(item: Any) -> torch.Tensor:
-    """One image from a dataset item -> ``(3, H, W)`` float32 in [0, 1].
+    """One image from a dataset item -> ``(3, H, W)`` float32 in [0, 1] (grey repeated, alpha dropped).
 
-    Accepts a tensor ``(C, H, W)`` (float in [0, 1] or uint8), an array ``(H, W[, C])`` (uint8, uint16
-    or float in [0, 1]), a PIL image, a dict with ``"image"``, an object with ``.image`` (anomalib
-    items) or a tuple/list whose first element is one of these. C = 1 or 4 become RGB.
+    The package's one set of coercion rules (:func:`cai_aug.io.coerce.coerce_image`): a tensor, an
+    array, a PIL image, a dict with ``"image"``, an object with ``.image`` (anomalib items) or a
+    tuple/list whose first element is one of these; uint8, uint16, bool or float in [0, 1].
     """
-    if isinstance(item, dict):
-        if "image" not in item:
-            raise KeyError(f"dataset items that are dicts need an 'image' key, got keys {sorted(item)}")
-        item = item["image"]
-    elif isinstance(item, (tuple, list)):
-        item = item[0]
-    elif not isinstance(item, (torch.Tensor, np.ndarray, Image.Image)) and hasattr(item, "image"):
-        item = item.image
-    if isinstance(item, Image.Image):
-        return to_tensor(np.asarray(item.convert("RGB")))
-    if isinstance(item, np.ndarray):
-        array = item
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = np.moveaxis(array, 0, -1)
-        if array.dtype == np.uint16:
-            tensor = torch.from_numpy(array.astype(np.float32) / 65535.0)
-        elif array.dtype == np.uint8:
-            tensor = torch.from_numpy(np.ascontiguousarray(array)).float() / 255.0
-        else:
-            tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        item = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    if not isinstance(item, torch.Tensor):
-        raise TypeError(f"cannot read an image from a dataset item of type {type(item).__name__}")
-    image = item.detach()
-    if image.ndim == 2:
-        image = image[None]
-    if image.ndim != 3:
-        raise ValueError(f"an image must be (C, H, W) or (H, W), got shape {tuple(image.shape)}")
-    image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    if image.shape[0] == 1:
-        image = image.expand(3, -1, -1)
-    elif image.shape[0] == 4:
-        image = image[:3]
-    elif image.shape[0] != 3:
-        raise ValueError(f"images must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
-    low, high = float(image.min()), float(image.max())
-    if low < -1e-4 or high > 1 + 1e-4:
-        raise ValueError(
-            f"images must lie in [0, 1] (got [{low:.3g}, {high:.3g}]): normalise after CAIDataset, not before"
-        )
-    return image.clamp(0, 1).contiguous()
+    return as_rgb(coerce_image(item, "dataset image").pixels).contiguous()
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted, hidden files and ``*_mask`` files left out)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"normal image folder {root} does not exist")
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and is_image_file(p)
-        and not p.stem.endswith("_mask")
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise ValueError(f"no images (png, jpg, bmp, tif, webp) under {root}")
-    return files
+def _engine_options(cai: CAI | CAIConfig | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``get_engine`` keywords (``classes``, ``exclude``, ``config``, ``device``) for ``cai=``."""
+    if cai is None or isinstance(cai, CAI):
+        return {"config": CAIConfig()}
+    if isinstance(cai, CAIConfig):
+        return {"config": cai}
+    if not isinstance(cai, Mapping):
+        raise TypeError(f"cai must be a CAI engine, a CAIConfig or a dict of engine options, got {type(cai).__name__}")
+    options = dict(cai)
+    # Everything get_engine takes besides the engine options; an engine seed is accepted but unused
+    # (items always pass keys).
+    extra = {name: options.pop(name) for name in ("classes", "exclude", "device", "seed") if name in options}
+    return {**extra, "config": CAIConfig.build(options.pop("config", None), **options)}
 
 
 class CAIDataset(Dataset):
@@ -110,13 +67,17 @@ class CAIDataset(Dataset):
             are images (tensor, array, PIL, dict with ``"image"``, ``(image, ...)`` tuples).
         bank: anomaly bank folder (loaded lazily, once per process) or an ``AnomalyBank``.
         p_anomaly: probability that an item gets a pseudo anomaly (keyed draw per item and epoch).
-        cai: a ready ``CAI`` engine, or a dict of engine options (``mode``, ``quotas``, ``foreground``,
-            ``threshold`` ...; also ``classes``/``exclude`` for the bank). Default: engine defaults.
+        cai: a ready ``CAI`` engine, a :class:`~cai_aug.engine.config.CAIConfig`, or a dict of engine
+            options (``mode``, ``quotas``, ``foreground``, ``threshold`` ...; also ``classes``/``exclude``
+            for the bank and ``device``). Default: the engine defaults.
         image_size: resize images to ``(H, W)`` (an int means square) before synthesis.
         seed: seed of the keys (the same on every rank; the rank is folded in).
         per_rank: fold the ``torch.distributed`` rank into keys (ranks that read the same images get
             different anomalies). ``False`` makes items a function of ``(seed, image, epoch)`` only.
         rank: force the rank (default: ``torch.distributed`` when initialised, else ``$RANK``, else 0).
+
+    The bank folder and the engine options are checked at construction (in the main process); the
+    bank is read in each worker on first use.
     """
 
     def __init__(
@@ -131,9 +92,11 @@ class CAIDataset(Dataset):
         per_rank: bool = True,
         rank: int | None = None,
     ) -> None:
-        self.bank = bank
+        self.bank = bank if isinstance(cai, CAI) else check_bank(bank)
         self.p_anomaly = check_p(p_anomaly, "p_anomaly")
         self.cai = cai
+        # Engine options are resolved (and checked) now; the engine itself is built per process.
+        self._engine_options = _engine_options(cai)
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         self.image_size = tuple(image_size) if image_size is not None else None
@@ -142,7 +105,7 @@ class CAIDataset(Dataset):
         self.rank = rank
         if isinstance(normal, (str, os.PathLike)):
             self.root: Path | None = Path(normal)
-            self.files: list[Path] | None = list_images(self.root)
+            self.files: list[Path] | None = list_images(self.root, what="normal image folder")
             self.data = None
         else:
             self.root, self.files, self.data = None, None, normal
@@ -174,11 +137,15 @@ class CAIDataset(Dataset):
         return rank_keys(keys, self.resolved_rank()) if self.per_rank else keys
 
     @property
+    def config(self) -> CAIConfig:
+        """The engine options."""
+        return self.cai.config if isinstance(self.cai, CAI) else self._engine_options["config"]
+
+    @property
     def engine(self) -> CAI:
         if isinstance(self.cai, CAI):
             return self.cai
-        options = dict(self.cai or {})
-        return get_engine(self.bank, options.pop("classes", None), options.pop("exclude", None), **options)
+        return get_engine(self.bank, **self._engine_options)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

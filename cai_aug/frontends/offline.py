@@ -1,45 +1,53 @@
 """Offline generation: a folder of normal images -> an MVTec-style folder of pseudo anomalies.
 
-Layout written: ``<out>/images/<stem>_<k>.png``, ``<out>/masks/<stem>_<k>_mask.png``,
-``<out>/manifest.jsonl`` (one record per pseudo anomaly) and ``<out>/preview.png``. ``<stem>`` is the
-image's path relative to the input folder with ``/`` replaced by ``__``; that relative path is also the
-image key, so results do not depend on which process or batch made them. Files are written under a
-temporary name and renamed, and a record is appended to the manifest only after its files exist, so
-``resume=True`` continues a killed run exactly.
+Layout written (see :mod:`cai_aug.io.output`): ``<out>/images/<stem>_<k>.png``,
+``<out>/masks/<stem>_<k>_mask.png``, ``<out>/manifest.jsonl`` (one record per pseudo anomaly),
+``<out>/skipped.jsonl`` (input images that could not be used, with why) and ``<out>/preview.png``.
+``<stem>`` is the image's path relative to the input folder with ``/`` replaced by ``__``; that relative
+path is also the image key, so results do not depend on which process or batch made them.
+
+Formats are kept: a pseudo anomaly is written in its input's mode and bit depth (8-bit grey stays 8-bit
+grey, 16-bit stays 16-bit, RGB stays RGB, an alpha channel is copied unchanged), and a grey input (one
+channel, or three equal ones) receives a grey anomaly. An input that cannot be used (unreadable, empty,
+truncated, too small) is named in ``skipped.jsonl`` and the run goes on, or, with ``strict``, stops
+there. ``resume=True`` continues a killed run exactly.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from cai_aug.engine.algorithm1 import PseudoAnomaly, synthesize
 from cai_aug.engine.cai import CAI
-from cai_aug.io.images import is_image_file, read_image, read_mask, to_tensor, write_image, write_mask
-from cai_aug.io.preview import save_contact_sheet
+from cai_aug.io.coerce import CoercedImage, is_grey, load_image
+from cai_aug.io.images import image_keys
+from cai_aug.io.output import MANIFEST, SKIPPED, OutputFolder, output_stem
 
-MANIFEST = "manifest.jsonl"
+__all__ = [
+    "MANIFEST",
+    "SKIPPED",
+    "OfflineRecord",
+    "OutputFolder",
+    "list_normals",
+    "load_normal",
+    "make_records",
+    "manifest_record",
+    "nothing_placed",
+    "output_stem",
+    "read_normal",
+    "run_local",
+    "synthesize_normal",
+    "write_records",
+]
 
 
 def list_normals(folder: str | Path) -> list[str]:
-    """Image files under ``folder`` (recursively), as sorted POSIX paths relative to it."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"normal image folder {root} does not exist")
-    keys = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and is_image_file(p))
-    if not keys:
-        raise ValueError(f"no images found under {root}")
-    return keys
-
-
-def output_stem(image_key: str, index: int) -> str:
-    stem = image_key.rsplit(".", 1)[0].replace("/", "__")
-    return f"{stem}_{index:03d}"
+    """Keys of the normal images under ``folder``: see :func:`cai_aug.io.images.list_images` for the rules."""
+    return image_keys(folder, what="normal image folder")
 
 
 @dataclass
@@ -56,9 +64,39 @@ class OfflineRecord:
 
 
 def make_records(cai: CAI, image: torch.Tensor, image_key: str, per_image: int) -> list[OfflineRecord]:
-    """Algorithm 1 for one normal image -> its records (index = slot)."""
+    """Algorithm 1 for one normal image ``(C, H, W)`` -> its records (index = slot)."""
     anomalies = synthesize(image, cai.bank, per_image, image_key=image_key, cai=cai)
     return [OfflineRecord(image_key, k, anomaly) for k, anomaly in enumerate(anomalies)]
+
+
+def synthesize_normal(
+    cai: CAI, image: CoercedImage, image_key: str, per_image: int, *, checked: bool = False
+) -> list[OfflineRecord]:
+    """:func:`make_records` for a read image, grey kept grey.
+
+    A grey image given as three equal channels goes through the engine as one channel (the engine then
+    injects the source's luminance only) and comes back as three equal channels.
+
+    Parameters
+    ----------
+    checked
+        Raise a ``ValueError`` naming the image when the engine fails on it or places no pseudo anomaly
+        at all (instead of returning an empty list), so a run can name it in ``skipped.jsonl``.
+    """
+    pixels = image.pixels.to(cai.device or image.pixels.device)
+    grey_rgb = pixels.shape[0] == 3 and is_grey(pixels)
+    try:
+        records = make_records(cai, pixels[:1] if grey_rgb else pixels, image_key, per_image)
+    except ValueError as error:
+        if not checked:
+            raise
+        raise ValueError(f"image {image_key}: the engine failed on it: {error}") from error
+    if checked and not records:  # a valid image, but none of the bank's patterns fits it: never drop it silently
+        raise ValueError(nothing_placed(image_key))
+    if grey_rgb:
+        for record in records:
+            record.anomaly = replace(record.anomaly, image=record.anomaly.image.expand(3, -1, -1))
+    return records
 
 
 # Solver diagnostics differ at float-noise level with the batch a sample was solved in (the canvas of
@@ -67,6 +105,7 @@ _NOT_IN_MANIFEST = ("slot", "poisson_iterations", "poisson_residual")
 
 
 def manifest_record(record: OfflineRecord, seed: int) -> dict:
+    """The manifest line of a record: its files, its input key, its index, the seed and the engine's info."""
     info = {k: v for k, v in record.anomaly.info.items() if k not in _NOT_IN_MANIFEST}
     return {
         "image": f"images/{record.stem}.png",
@@ -78,73 +117,42 @@ def manifest_record(record: OfflineRecord, seed: int) -> dict:
     }
 
 
-class OutputFolder:
-    """The output folder of an offline run: writes files atomically and keeps the manifest."""
-
-    def __init__(self, root: str | Path, resume: bool = False) -> None:
-        self.root = Path(root)
-        manifest = self.root / MANIFEST
-        if manifest.exists() and not resume and manifest.stat().st_size > 0:
-            raise FileExistsError(f"{self.root} already holds a run ({MANIFEST}); pass resume or a new folder")
-        (self.root / "images").mkdir(parents=True, exist_ok=True)
-        (self.root / "masks").mkdir(parents=True, exist_ok=True)
-        self.done: dict[str, set[int]] = {}
-        if manifest.exists() and resume:
-            self._load_done(manifest)
-
-    def _load_done(self, manifest: Path) -> None:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-        kept = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if (self.root / record["image"]).exists() and (self.root / record["mask"]).exists():
-                kept.append(line)
-                self.done.setdefault(record["normal"], set()).add(int(record["index"]))
-        # Rewrite without cut lines so the manifest stays valid JSON lines.
-        tmp = manifest.with_name(f".{MANIFEST}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, manifest)
-
-    def is_done(self, image_key: str, per_image: int) -> bool:
-        return len(self.done.get(image_key, ())) >= per_image
-
-    def write(self, records: Iterable[OfflineRecord], seed: int) -> int:
-        """Write records not yet done; returns how many were written."""
-        written = 0
-        with (self.root / MANIFEST).open("a", encoding="utf-8") as manifest:
-            for record in records:
-                if record.index in self.done.get(record.image_key, ()):
-                    continue
-                write_image(self.root / "images" / f"{record.stem}.png", record.anomaly.image)
-                write_mask(self.root / "masks" / f"{record.stem}_mask.png", record.anomaly.mask)
-                manifest.write(json.dumps(manifest_record(record, seed)) + "\n")
-                manifest.flush()
-                self.done.setdefault(record.image_key, set()).add(record.index)
-                written += 1
-        return written
-
-    def records(self) -> list[dict]:
-        path = self.root / MANIFEST
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    def write_preview(self, count: int = 24) -> Path:
-        """Contact sheet of the first ``count`` records (sorted by file name) with mask outlines."""
-        records = sorted(self.records(), key=lambda r: r["image"])[:count]
-        if not records:
-            raise ValueError(f"{self.root} holds no pseudo anomalies to preview")
-        images = [to_tensor(read_image(self.root / r["image"])) for r in records]
-        masks = [torch.from_numpy(read_mask(self.root / r["mask"]))[None].float() for r in records]
-        captions = [f"{r.get('source_class')} {r.get('synthesis_type')}" for r in records]
-        return save_contact_sheet(self.root / "preview.png", images, masks, captions)
+def write_records(output: OutputFolder, records: Iterable[OfflineRecord], image: CoercedImage, seed: int) -> int:
+    """Write the records of one input image in its own format; returns how many were new."""
+    written = 0
+    for record in records:
+        if record.index in output.done_indices(record.image_key):
+            continue  # done by an earlier (killed) run: encoding it again would be wasted work
+        pixels = image.restore(record.anomaly.image)
+        written += output.add(manifest_record(record, seed), pixels, record.anomaly.mask)
+    return written
 
 
-def load_normal(folder: Path, image_key: str, channels: int = 3) -> torch.Tensor:
-    return to_tensor(read_image(folder / image_key, "RGB" if channels == 3 else "L"))
+def nothing_placed(image_key: str) -> str:
+    """The ``skipped.jsonl`` reason of an image on which the engine could place no pseudo anomaly."""
+    return f"image {image_key}: no pseudo anomaly could be placed (too small or too narrow for the bank's patterns)"
+
+
+def read_normal(folder: str | Path, image_key: str) -> CoercedImage:
+    """Normal image ``folder/image_key`` in its own mode and depth, checked usable.
+
+    Raises
+    ------
+    ValueError
+        Unreadable, empty, truncated, or smaller than any usable pattern (the reason is in the message).
+    """
+    return load_image(Path(folder) / image_key, name=image_key)
+
+
+def load_normal(folder: str | Path, image_key: str, channels: int = 3) -> torch.Tensor:
+    """Normal image as a ``(C, H, W)`` float tensor in [0, 1], grey repeated to 3 channels when ``channels == 3``."""
+    pixels = read_normal(folder, image_key).pixels
+    if channels == 3 and pixels.shape[0] == 1:
+        return pixels.expand(3, -1, -1).contiguous()
+    if channels == 1 and pixels.shape[0] == 3:
+        luma = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
+        return (pixels * luma).sum(0, keepdim=True)
+    return pixels
 
 
 def run_local(
@@ -156,17 +164,52 @@ def run_local(
     resume: bool = False,
     progress: bool = True,
     keys: Sequence[str] | None = None,
+    strict: bool = False,
 ) -> OutputFolder:
-    """The local engine: every normal image through Algorithm 1, written to ``out``."""
+    """The local engine: every normal image through Algorithm 1, written to ``out``.
+
+    Parameters
+    ----------
+    normal
+        Folder of normal images (listed by :func:`list_normals`).
+    cai
+        The engine.
+    out
+        Output folder (see :mod:`cai_aug.io.output`).
+    per_image
+        Pseudo anomalies per normal image.
+    resume
+        Continue the run in ``out``.
+    progress
+        Show a progress bar.
+    keys
+        Process only these image keys (default: all of ``normal``).
+    strict
+        Stop with a ``ValueError`` at the first input that cannot be used, instead of naming it in
+        ``skipped.jsonl`` and going on.
+
+    Returns
+    -------
+    OutputFolder
+        The folder; ``.skipped`` holds the inputs that were left out, with why.
+    """
     from tqdm.auto import tqdm
 
     folder = Path(normal)
     keys = list(keys) if keys is not None else list_normals(folder)
     output = OutputFolder(out, resume=resume)
     todo = [key for key in keys if not output.is_done(key, per_image)]
-    device = cai.device or torch.device("cpu")
     for key in tqdm(todo, desc="cai-aug synth", unit="image", disable=not progress):
-        image = load_normal(folder, key).to(device)
-        output.write(make_records(cai, image, key, per_image), cai.seed)
-    output.write_preview()
+        try:
+            image = read_normal(folder, key)
+            records = synthesize_normal(cai, image, key, per_image, checked=True)
+        except ValueError as error:
+            # one unusable image must not stop a run of thousands: it is named, with why, and skipped
+            if strict:
+                raise ValueError(f"{error} (strict: stopped at the first input that cannot be used)") from error
+            output.skip(key, str(error))
+            continue
+        output.unskip(key)
+        write_records(output, records, image, cai.seed)
+    output.write_preview(missing_ok=True)
     return output

@@ -7,16 +7,19 @@ Two entry points:
   loads the anomaly bank once, runs the engine on its own device (CUDA when Ray gave it a GPU) and turns
   every input row (a normal image) into ``per_image`` output rows (pseudo anomalies) with the columns
   ``image_key``, ``index``, ``stem``, ``label``, ``source_class``, ``synthesis_type``, ``record`` (the
-  manifest line, JSON, with every info field) and, unless the actor writes the files itself (``out=``),
-  ``image`` (``H x W x C`` uint8) and ``mask`` (``H x W`` uint8, 0/255). Images of different sizes in
-  one dataset are fine: numpy batches of ragged images arrive, and leave, as object arrays.
+  manifest line, JSON, with every info field), ``skipped`` (empty, or why an input was left out, see
+  ``skip_bad``) and, unless the actor writes the files itself (``out=``), ``image`` (in the input's own
+  layout, dtype and channels: grey stays grey, uint16 stays uint16, alpha is copied) and ``mask``
+  (``H x W`` uint8, 0/255). Images of different sizes in one dataset are fine: numpy batches of ragged
+  images arrive, and leave, as object arrays.
 * :func:`run_ray`, the ``cai-aug synth --engine ray`` back end: the same folder layout, manifest records
-  and preview as the local engine (:func:`cai_aug.frontends.offline.run_local`). The actors read the normal images
-  and write the pseudo anomalies themselves (atomically, under a temporary name, then renamed), so the
+  and preview as the local engine (:func:`cai_aug.frontends.offline.run_local`). The actors read the normal
+  images and write the pseudo anomalies themselves (atomically, under a temporary name, then renamed), so the
   input and output folders must be reachable by every worker (a shared file system on a multi-node
   cluster). The driver appends a manifest record only after the actor that made it has returned, i.e.
   after both of its files exist, so ``--resume`` continues a killed run exactly. Batches are recorded as
-  they finish; at the end the manifest is put in the local engine's order.
+  they finish; at the end the manifest is put in the local engine's order. Inputs that cannot be used
+  go to ``skipped.jsonl`` exactly as the local engine names them (or stop the run with ``strict``).
 
 Every random decision is keyed by ``(seed, image key, anomaly index)`` (:mod:`cai_aug.engine.rng`) where the
 image key is the path relative to the input folder: which actor, batch or node processes an image
@@ -39,9 +42,18 @@ import torch
 
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
-from cai_aug.engine.matching import parse_quotas
-from cai_aug.frontends.offline import MANIFEST, OfflineRecord, OutputFolder, list_normals, make_records, manifest_record
-from cai_aug.io.images import read_image, to_tensor, to_uint8_array, write_image, write_mask
+from cai_aug.engine.config import CAIConfig
+from cai_aug.frontends.offline import (
+    OfflineRecord,
+    OutputFolder,
+    list_normals,
+    manifest_record,
+    nothing_placed,
+    read_normal,
+    synthesize_normal,
+)
+from cai_aug.io.coerce import CoercedImage, coerce_image, require_min_side
+from cai_aug.io.images import write_image, write_mask
 
 __all__ = ["CAIMapper", "pool_resources", "relative_key", "run_ray", "sort_manifest", "write_batch"]
 
@@ -56,27 +68,6 @@ def _object_column(values: Sequence[Any]) -> np.ndarray:
     for i, value in enumerate(values):
         column[i] = value
     return column
-
-
-def _as_rgb(array: np.ndarray) -> np.ndarray:
-    """``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` -> ``(H, W, 3)`` uint8, as the local engine
-    reads a file (PIL ``convert("RGB")``)."""
-    array = np.asarray(array)
-    if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
-            array = array * 255.0
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3:
-        raise ValueError(f"an image must be (H, W) or (H, W, C), got shape {array.shape}")
-    if array.shape[-1] == 1:
-        return np.repeat(array, 3, axis=-1)
-    if array.shape[-1] == 4:
-        return np.ascontiguousarray(array[..., :3])
-    if array.shape[-1] != 3:
-        raise ValueError(f"an image must have 1, 3 or 4 channels, got {array.shape[-1]}")
-    return array
 
 
 def _actor_device(requested: str | None) -> torch.device:
@@ -146,6 +137,9 @@ class CAIMapper:
         device: ``None``/``"auto"`` (CUDA if Ray assigned a GPU, else CPU) or an explicit device.
         classes, exclude: restrict the bank (see :meth:`AnomalyBank.from_folder`).
         image_column, path_column, key_column: input column names.
+        skip_bad: an input image that cannot be used (unreadable, truncated, smaller than any pattern)
+            becomes one row with ``index`` -1 and its reason in the ``skipped`` column, instead of an error
+            that stops the pipeline (``run_ray`` turns those rows into ``skipped.jsonl``).
         **cai_kwargs: further :class:`~cai_aug.engine.cai.CAI` options (``mode``, ``quotas``, ``foreground``...).
     """
 
@@ -163,6 +157,7 @@ class CAIMapper:
         image_column: str = "image",
         path_column: str = "path",
         key_column: str = "key",
+        skip_bad: bool = False,
         **cai_kwargs: Any,
     ) -> None:
         if per_image < 1:
@@ -181,6 +176,7 @@ class CAIMapper:
         self.root = None if root is None else Path(root).resolve()
         self.out = None if out is None else Path(out)
         self.image_column, self.path_column, self.key_column = image_column, path_column, key_column
+        self.skip_bad = bool(skip_bad)
 
     # -------------------------------------------------------------------------------------------- keys
     def _image_key(self, path: str) -> str:
@@ -201,37 +197,65 @@ class CAIMapper:
         return list(zip(keys, images, skips))
 
     # -------------------------------------------------------------------------------------------- call
-    def synthesize(self, image: torch.Tensor, key: str) -> list[OfflineRecord]:
-        """Algorithm 1 for one normal image ``(C, H, W)`` on the actor's device, as the local engine runs it."""
-        return make_records(self.cai, image, key, self.per_image)
+    def synthesize(self, image: CoercedImage, key: str) -> list[OfflineRecord]:
+        """Algorithm 1 for one read normal image on the actor's device, as the local engine runs it."""
+        return synthesize_normal(self.cai, image, key, self.per_image, checked=self.skip_bad)
+
+    def _read(self, key: str, array: Any) -> CoercedImage:
+        """The row's image (its ``image`` column, else the file ``root/key``), checked usable."""
+        if array is None:
+            if self.root is None:
+                raise ValueError("rows without an image column need root= to read the images from")
+            return read_normal(self.root, key)
+        return require_min_side(coerce_image(array, name=f"image {key}"), f"image {key}")
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = ("image_key", "index", "stem", "label", "source_class", "synthesis_type", "record")
+        names = ("image_key", "index", "stem", "label", "source_class", "synthesis_type", "record", "skipped")
         columns: dict[str, list] = {name: [] for name in names}
         if self.out is None:
             columns["image"], columns["mask"] = [], []
+
+        def row(key: str, index: int, stem: str, label: int, source: str, kind: str, record: str, skipped: str):
+            for name, value in zip(names, (key, index, stem, label, source, kind, record, skipped)):
+                columns[name].append(value)
+
         for key, array, skip in self._rows(batch):
-            if array is None:
-                if self.root is None:
-                    raise ValueError("rows without an image column need root= to read the images from")
-                array = read_image(self.root / key, "RGB")
-            for record in self.synthesize(to_tensor(_as_rgb(array)).to(self.device), key):
+            try:
+                image = self._read(key, array)
+                records = self.synthesize(image, key)
+                if not records and self.skip_bad:
+                    raise ValueError(nothing_placed(key))
+            except ValueError as error:
+                if not self.skip_bad:
+                    raise
+                row(key, -1, "", 0, "", "", "", str(error))
+                if self.out is None:
+                    columns["image"].append(None)
+                    columns["mask"].append(None)
+                continue
+            for record in records:
                 if record.index in skip:
                     continue
                 anomaly = record.anomaly
+                pixels = image.restore(anomaly.image)  # the input's own mode, depth and alpha
                 if self.out is not None:
-                    write_image(self.out / "images" / f"{record.stem}.png", anomaly.image)
+                    write_image(self.out / "images" / f"{record.stem}.png", pixels)
                     write_mask(self.out / "masks" / f"{record.stem}_mask.png", anomaly.mask)
                 else:
-                    columns["image"].append(to_uint8_array(anomaly.image))
+                    columns["image"].append(np.asarray(pixels))
                     columns["mask"].append((anomaly.mask[0] > 0.5).to(torch.uint8).mul(255).cpu().numpy())
-                columns["image_key"].append(key)
-                columns["index"].append(record.index)
-                columns["stem"].append(record.stem)
-                columns["label"].append(int(anomaly.label))
-                columns["source_class"].append(str(anomaly.info.get("source_class")))
-                columns["synthesis_type"].append(str(anomaly.info.get("synthesis_type")))
-                columns["record"].append(json.dumps(manifest_record(record, self.seed)))
+                info = anomaly.info
+                line = json.dumps(manifest_record(record, self.seed))
+                row(
+                    key,
+                    record.index,
+                    record.stem,
+                    int(anomaly.label),
+                    str(info.get("source_class")),
+                    str(info.get("synthesis_type")),
+                    line,
+                    "",
+                )
         out = {
             "image_key": np.array(columns["image_key"], dtype=object),
             "index": np.array(columns["index"], dtype=np.int64),
@@ -240,6 +264,7 @@ class CAIMapper:
             "source_class": np.array(columns["source_class"], dtype=object),
             "synthesis_type": np.array(columns["synthesis_type"], dtype=object),
             "record": np.array(columns["record"], dtype=object),
+            "skipped": np.array(columns["skipped"], dtype=object),
         }
         if self.out is None:
             out["image"] = _object_column(columns["image"])
@@ -247,34 +272,30 @@ class CAIMapper:
         return out
 
 
-def write_batch(output: OutputFolder, batch: Mapping[str, np.ndarray]) -> int:
+def write_batch(output: OutputFolder, batch: Mapping[str, np.ndarray], *, strict: bool = False) -> int:
     """Write one output batch of :class:`CAIMapper` into an output folder; returns records added.
 
     Pixel columns, when present, are written first (atomically); a record goes into the manifest only
     once both of its files exist. Records already in the manifest are skipped, so resuming never
-    duplicates one.
+    duplicates one. Rows of skipped inputs (``skip_bad``) go to ``skipped.jsonl``, or, with ``strict``,
+    stop the run with a ``ValueError``.
     """
     written = 0
     has_pixels = "image" in batch and "mask" in batch
-    with (output.root / MANIFEST).open("a", encoding="utf-8") as manifest:
-        for i, line in enumerate(batch["record"]):
-            record = json.loads(line)
-            key, index = record["normal"], int(record["index"])
-            if index in output.done.get(key, ()):
-                continue
-            image_path, mask_path = output.root / record["image"], output.root / record["mask"]
-            if has_pixels:
-                write_image(image_path, np.asarray(batch["image"][i]))
-                write_mask(mask_path, np.asarray(batch["mask"][i]))
-            if not (image_path.exists() and mask_path.exists()):
-                raise FileNotFoundError(
-                    f"{image_path} or {mask_path} is missing: the output folder must be reachable by "
-                    "every Ray worker and by the driver (a shared file system on a multi-node cluster)"
-                )
-            manifest.write(line + "\n")
-            manifest.flush()
-            output.done.setdefault(key, set()).add(index)
-            written += 1
+    reasons = batch["skipped"] if "skipped" in batch else [""] * len(batch["record"])
+    for i, (line, reason) in enumerate(zip(batch["record"], reasons)):
+        if reason:
+            key = str(batch["image_key"][i])
+            if strict:
+                raise ValueError(f"{reason} (strict: stopped at the first input that cannot be used)")
+            output.skip(key, str(reason))
+            continue
+        record = json.loads(line)
+        output.unskip(record["normal"])
+        if has_pixels:
+            written += output.add(record, batch["image"][i], np.asarray(batch["mask"][i]))
+        else:
+            written += output.add(record)
     return written
 
 
@@ -324,17 +345,19 @@ def pool_resources(workers: int | None, device: str, cluster: Mapping[str, float
     return workers, math.floor(per_cpu * 100) / 100, math.floor(per_gpu * 100) / 100
 
 
-def run_ray(args: Any, *, mapper: type[CAIMapper] = CAIMapper) -> OutputFolder:
+def run_ray(args: Any, *, mapper: type[CAIMapper] = CAIMapper, strict: bool | None = None) -> OutputFolder:
     """``cai-aug synth --engine ray``: the local engine's output, made by a pool of Ray actors.
 
     Uses ``args.normal``, ``args.bank``, ``args.out``, ``args.per_image``, ``args.seed``, ``args.mode``,
     ``args.quotas``, ``args.foreground``, ``args.classes``, ``args.exclude``, ``args.device`` (``cuda`` =
     one GPU per actor), ``args.resume``, ``args.address`` (None: a local instance sized to the machine, or
-    the one this process already runs), ``args.workers`` and ``args.batch_size``. ``mapper`` is the actor
-    class (a subclass of :class:`CAIMapper`).
+    the one this process already runs), ``args.workers``, ``args.batch_size`` and ``args.strict``
+    (overridden by ``strict``: stop at the first input that cannot be used instead of naming it in
+    ``skipped.jsonl``). ``mapper`` is the actor class (a subclass of :class:`CAIMapper`).
     """
     import ray
 
+    strict = bool(getattr(args, "strict", False)) if strict is None else strict
     folder = Path(args.normal).resolve()
     keys = list_normals(folder)
     output = OutputFolder(args.out, resume=bool(args.resume))
@@ -348,7 +371,7 @@ def run_ray(args: Any, *, mapper: type[CAIMapper] = CAIMapper) -> OutputFolder:
             )
             batch_size = max(1, int(getattr(args, "batch_size", 8) or 8))
             workers = max(1, min(workers, math.ceil(len(todo) / batch_size)))
-            items = [{"key": key, "skip": json.dumps(sorted(output.done.get(key, ())))} for key in todo]
+            items = [{"key": key, "skip": json.dumps(sorted(output.done_indices(key)))} for key in todo]
             dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / batch_size))
             dataset = dataset.map_batches(
                 mapper,
@@ -366,39 +389,41 @@ def run_ray(args: Any, *, mapper: type[CAIMapper] = CAIMapper) -> OutputFolder:
                     "device": "auto" if gpus else "cpu",
                     "classes": args.classes,
                     "exclude": args.exclude,
-                    "mode": args.mode,
-                    "quotas": parse_quotas(args.quotas),
-                    "foreground": args.foreground,
+                    "skip_bad": True,
+                    # every engine option the caller set (checked here, not inside the actors)
+                    "config": CAIConfig.from_attributes(args).to_dict(),
                 },
             )
             # Batches are recorded as they finish (in any order), so a stopped run keeps all finished work.
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                write_batch(output, batch)
+            try:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    write_batch(output, batch, strict=strict)
+            except Exception as error:
+                # A full disk or a read-only folder seen by a worker: the user's error, not Ray's.
+                cause = _os_error_in(error)
+                if cause is None or cause is error:
+                    raise
+                raise cause from error
         finally:
             if started:
                 ray.shutdown()
-    sort_manifest(output, keys)
-    output.write_preview()
+    output.sort_manifest(keys)
+    output.write_preview(missing_ok=True)
     return output
 
 
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The ``OSError`` a Ray task failed with (Ray wraps it in its own exceptions), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
 def sort_manifest(output: OutputFolder, keys: Sequence[str]) -> None:
-    """Put the manifest in the local engine's order (input order of the images, then anomaly index).
-
-    Rewritten under a temporary name and renamed, so a kill never leaves a half manifest.
-    """
-    path = output.root / MANIFEST
-    if not path.exists():
-        return
-    position = {key: i for i, key in enumerate(keys)}
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    def order(line: str) -> tuple[int, int]:
-        record = json.loads(line)
-        return position.get(record["normal"], len(position)), int(record["index"])
-
-    ordered = sorted(lines, key=order)
-    if ordered != lines:
-        tmp = path.with_name(f".{MANIFEST}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in ordered), encoding="utf-8")
-        os.replace(tmp, path)
+    """Put the manifest in the local engine's order (input order of the images, then anomaly index)."""
+    output.sort_manifest(keys)

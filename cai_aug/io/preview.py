@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from cai_aug.io.images import to_uint8_array
+from cai_aug.io.images import to_uint8_array, write_image
 
 
 def outline(masks: torch.Tensor, width: int = 2) -> torch.Tensor:
@@ -59,6 +59,7 @@ def contact_sheet(
 
 
 def save_contact_sheet(path: str | Path, *args, **kwargs) -> Path:
+    """Write :func:`contact_sheet` (same arguments) to ``path`` as PNG, atomically; returns ``path``."""
     path = Path(path)
-    contact_sheet(*args, **kwargs).save(path)
+    write_image(path, contact_sheet(*args, **kwargs))
     return path

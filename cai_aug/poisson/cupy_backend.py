@@ -1,13 +1,15 @@
-"""CuPy CUDA path of :func:`cai_aug.poisson.solver.poisson_blend`: the CG loop and V-cycle as fused kernels.
+"""CuPy CUDA path of :func:`cai_aug.poisson.poisson_blend`: the CG loop and V-cycle as fused kernels.
 
 The kernels live in ``cai_aug/poisson/kernels/*.cu``, are compiled once per process
 and device with ``cupy.RawModule`` (NVRTC) and cached. Tensors stay torch tensors owned by torch's
 caching allocator; the kernels see them through DLPack (``cupy.from_dlpack``, zero copy) and are
 launched on torch's current CUDA stream, so torch and CuPy work is ordered without host round trips.
 
-The algorithm is the torch path's (:mod:`cai_aug.poisson.multigrid`): same hierarchy (built by the
-same torch code on the GPU), same symmetric red-black Gauss-Seidel V-cycle, same dense coarsest solve
-(a batched ``torch.bmm``), same per-(sample, channel) freezing. What the kernels fuse:
+The algorithm is the torch path's (:mod:`cai_aug.poisson.multigrid`, :mod:`cai_aug.poisson.pcg`): same
+hierarchy (built by the same torch code on the GPU), same initial guess, same symmetric red-black
+Gauss-Seidel V-cycle, same dense coarsest solve (a batched ``torch.bmm``), same per-(sample, channel)
+freezing and stopping rules (the ``atol`` rule as a few torch ops on the same stream). This module
+imports only :mod:`cai_aug.poisson.multigrid` and :mod:`cai_aug.poisson.constants`. What the kernels fuse:
 
 - ``cg_apply_dot``: ``q = A p`` and ``<p, q>`` in one pass;
 - ``cg_update``: ``x += alpha p``, ``r -= alpha q`` and ``<r, r>`` in one pass, ``alpha`` per plane
@@ -32,13 +34,14 @@ import numpy as np
 import torch
 
 from cai_aug.poisson import multigrid as mg
+from cai_aug.poisson.constants import ATOL_STEP_FACTOR, CHECK_EVERY, MAX_PLANES, STOP_FACTOR
 
-logger = logging.getLogger("cai_aug.poisson.solver")
+logger = logging.getLogger(__name__)
 
 KERNEL_FILES = ("poisson_cg.cu", "poisson_mg.cu")
+# headers the kernel files include (``#include "name"``); inlined before NVRTC sees the sources
+KERNEL_HEADERS = ("common.cuh",)
 BLOCK = 256
-# CUDA grids allow at most this many blocks in y (one plane = one sample and channel per y)
-MAX_PLANES = 65535
 
 _fallback_logged = False
 
@@ -81,12 +84,28 @@ def log_fallback_once() -> None:
         logger.debug("poisson_blend: cupy is not importable; CUDA tensors use the torch path")
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
+
+
 def kernel_sources() -> dict[str, str]:
-    """CUDA sources by file name (package data ``cai_aug.poisson.kernels``)."""
+    """CUDA sources by file name (package data ``cai_aug.poisson.kernels``), ready for NVRTC.
+
+    Every ``#include "header"`` of a package header is replaced by the header's text: NVRTC gets no
+    include path by default, and the package data may not be a directory on disk (zip imports).
+    """
     from importlib.resources import files
 
     root = files("cai_aug.poisson.kernels")
-    return {name: root.joinpath(name).read_text() for name in KERNEL_FILES}
+    headers = {name: root.joinpath(name).read_text() for name in KERNEL_HEADERS}
+
+    def inline(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in headers:
+            raise ValueError(f"kernel source includes unknown header {name!r}")
+        # "#pragma once" would sit in the main file once inlined (a warning at best)
+        return re.sub(r"^[ \t]*#[ \t]*pragma[ \t]+once[ \t]*$", "", headers[name], flags=re.M)
+
+    return {name: _INCLUDE.sub(inline, root.joinpath(name).read_text()) for name in KERNEL_FILES}
 
 
 _MODULES: dict[tuple[int, str], Any] = {}
@@ -147,17 +166,18 @@ def _stream_context(cupy: Any, device: torch.device) -> contextlib.ExitStack:
     return ctx
 
 
-def solve_bucket(system, rtol: float, max_iter: int, check_every: int | None = None):
-    """CuPy counterpart of :func:`cai_aug.poisson.solver.pcg`: same inputs, same outputs.
+def solve_bucket(system, rtol: float, max_iter: int, atol: float | None = None, check_every: int | None = None):
+    """CuPy counterpart of :func:`cai_aug.poisson.pcg.pcg`: same inputs, same outputs.
+
+    Args:
+        system: a :class:`cai_aug.poisson.system.CanvasSystem` on a CUDA device.
 
     Returns ``x (N, C, h, w)``, iterations ``(N, C)`` int64 and the true relative residual ``(N, C)``.
     """
-    from cai_aug.poisson import solver as poisson
-
     cupy = _cupy_module()
     if cupy is None:
         raise RuntimeError("poisson_blend: backend='cupy' but cupy is not importable")
-    check_every = check_every or poisson.CHECK_EVERY
+    check_every = check_every or CHECK_EVERY
     b = system.rhs.contiguous()
     n, c, h, w = b.shape
     if n * c > MAX_PLANES:
@@ -179,13 +199,15 @@ def solve_bucket(system, rtol: float, max_iter: int, check_every: int | None = N
     planes = n * c
     hw = h * w
     f64 = dict(dtype=torch.float64, device=device)
-    x = torch.zeros_like(b)
-    r = b.clone()
+    # the same initial guess as the torch path (its residual by the same torch code)
+    x = (system.guess if system.guess is not None else torch.zeros_like(b)).contiguous().clone()
+    r = mg.residual(b, x, levels[0]).contiguous() if system.guess is not None else b.clone()
     z = torch.zeros_like(b)
     q = torch.zeros_like(b)
     rr0 = torch.linalg.vecdot(b.flatten(2), b.flatten(2)).to(torch.float64).reshape(planes)
-    tol2 = ((poisson.STOP_FACTOR * rtol) ** 2 * rr0).contiguous()
-    active = (rr0 > tol2).to(torch.int32)
+    tol2 = ((STOP_FACTOR * rtol) ** 2 * rr0).contiguous()
+    rr_start = torch.linalg.vecdot(r.flatten(2), r.flatten(2)).to(torch.float64).reshape(planes)
+    active = (rr_start > tol2).to(torch.int32)
     iterations = torch.zeros(planes, dtype=torch.int64, device=device)
     rz, rz_new, pq, rr = (torch.zeros(planes, **f64) for _ in range(4))
 
@@ -196,7 +218,7 @@ def solve_bucket(system, rtol: float, max_iter: int, check_every: int | None = N
         op = ops[index]
         lh, lw = op["shape"]
         if index == len(levels) - 1:
-            sol.copy_(mg._coarsest(levels[index], rhs))
+            sol.copy_(mg.coarsest_solve(levels[index], rhs))
             return
         launch("mg_gs_sweep", lh * lw, planes, sol, rhs, op["east"], op["south"], op["inv"], c, lh, lw, 0, 1)
         launch("mg_gs_sweep", lh * lw, planes, sol, rhs, op["east"], op["south"], op["inv"], c, lh, lw, 1, 0)
@@ -224,6 +246,13 @@ def solve_bucket(system, rtol: float, max_iter: int, check_every: int | None = N
             rr.zero_()
             launch("cg_update", hw, planes, x, r, p, q, rz, pq, active, rr, hw)
             _flags(launch, active, iterations, rr, tol2, planes)
+            if atol is not None:
+                # the atol rule of cai_aug.poisson.pcg, in torch on the same stream: the step is
+                # alpha * max|p| with alpha as cg_update computed it (before the flags changed)
+                alpha = torch.where(pq > 0, rz / torch.where(pq > 0, pq, 1.0), 0.0)
+                flat = p.view(planes, hw)
+                step = torch.maximum(flat.amax(dim=-1), flat.amin(dim=-1).neg_()).to(torch.float64) * alpha.abs()
+                active.mul_((step > ATOL_STEP_FACTOR * atol).to(torch.int32))
             vcycle(0, r, z)
             rz_new.zero_()
             launch("cg_dot", hw, planes, r, z, rz_new, hw)

@@ -82,3 +82,23 @@ def test_preview_accepts_images_of_different_sizes(tmp_path):
     masks = [torch.zeros(1, 40, 60), torch.ones(1, 64, 64)]
     path = save_contact_sheet(tmp_path / "sheet.png", images, masks, ["a", "b"], tile=32)
     assert Image.open(path).size == (2 * 36 + 4, 36 + 14 + 4)
+
+
+def test_engine_flags_build_the_engine_config(demo_bank_dir, tmp_path):
+    from cai_aug import CAIConfig
+    from cai_aug.cli import build_parser
+    from cai_aug.cli.options import engine_config
+
+    argv = ["synth", "--normal", str(tmp_path), "--bank", str(demo_bank_dir), "--out", str(tmp_path / "o")]
+    defaults = build_parser().parse_args(argv)
+    assert engine_config(defaults) == CAIConfig()
+    args = build_parser().parse_args([*argv, "--mode", "mixed", "--quotas", "1:1:1", "--margin", "4", "--no-use-stm"])
+    assert engine_config(args) == CAIConfig(mode="mixed", quotas="1:1:1", margin=4, use_stm=False)
+    args = build_parser().parse_args([*argv, "--ratio-decimals", "none"])
+    assert engine_config(args).ratio_decimals is None
+
+
+def test_bad_engine_flag_is_a_clear_cli_error(normals, demo_bank_dir, tmp_path, capsys):
+    assert _synth(normals, demo_bank_dir, tmp_path / "out", "--median", "4") == 2
+    assert "median must be an odd" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # checked before any work

@@ -47,9 +47,28 @@ def test_folder_without_pairs_is_a_clear_error(tmp_path):
         AnomalyBank.from_folder(tmp_path)
 
 
-def test_mask_of_other_size_is_a_clear_error(tmp_path):
+def test_mask_of_other_size_is_skipped_with_a_warning_naming_it(tmp_path):
     _pair(tmp_path / "crack", "a_1", size=(40, 30), mask_size=(30, 40))
-    with pytest.raises(ValueError, match="a_1_mask.png is 40x30 but image"):
+    _pair(tmp_path / "crack", "a_2")
+    with pytest.warns(UserWarning, match="skipped 1 unusable source.*a_1_mask.png is 40x30 but image"):
+        bank = AnomalyBank.from_folder(tmp_path)
+    assert [entry.id for entry in bank.entries] == ["a_2"]
+
+
+def test_unreadable_sources_are_skipped_with_one_counting_warning(tmp_path):
+    _pair(tmp_path / "crack", "a_1")
+    _pair(tmp_path / "crack", "a_2")
+    _pair(tmp_path / "crack", "a_3")
+    (tmp_path / "crack" / "a_2.png").write_bytes(b"")
+    (tmp_path / "crack" / "a_3_mask.png").write_bytes(b"\x89PNG\r\n")
+    with pytest.warns(UserWarning, match="skipped 2 unusable source"):
+        bank = AnomalyBank.from_folder(tmp_path)
+    assert [entry.id for entry in bank.entries] == ["a_1"]
+
+
+def test_bank_of_only_bad_sources_is_a_clear_error(tmp_path):
+    _pair(tmp_path / "crack", "a_1", size=(40, 30), mask_size=(30, 40))
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="anomaly bank is empty"):
         AnomalyBank.from_folder(tmp_path)
 
 
@@ -68,10 +87,11 @@ def test_only_empty_masks_is_an_empty_bank_error(tmp_path):
         AnomalyBank.from_folder(tmp_path)
 
 
-def test_unreadable_image_names_the_file(tmp_path):
+def test_unreadable_image_warning_names_the_file(tmp_path):
     _pair(tmp_path / "crack", "a_1")
+    _pair(tmp_path / "crack", "a_2")
     (tmp_path / "crack" / "a_1.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="a_1.png"):
+    with pytest.warns(UserWarning, match="a_1.png"):
         AnomalyBank.from_folder(tmp_path)
 
 

@@ -1,9 +1,10 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from cai_aug.engine.location import pick_uniform, valid_centres
+from cai_aug.engine.location import pick_uniform, place_pattern, valid_centres
 
 
 @settings(max_examples=60, deadline=None)
@@ -53,3 +54,36 @@ def test_no_valid_location_is_reported_not_raised():
     valid = valid_centres(foreground, torch.tensor([3, 20]), torch.tensor([3, 3]))
     _, found = pick_uniform(torch.arange(2), valid)
     assert found.tolist() == [False, False]
+
+
+# ---------------------------------------------------------------------- place_pattern
+
+
+def _square_foreground(size: int = 40) -> torch.Tensor:
+    return torch.ones(1, 1, size, size, dtype=torch.bool)
+
+
+def test_place_pattern_keeps_r_prime_when_the_pattern_fits():
+    bbox = torch.tensor([[0.0, 0.0, 20.0, 20.0]])
+    placement = place_pattern(
+        torch.tensor([1]), _square_foreground(), bbox, torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([2])
+    )
+    assert placement.found.all() and placement.ratio_prime.item() == 0.5
+    assert (placement.height.item(), placement.width.item()) == (10, 10)
+
+
+def test_place_pattern_shrinks_r_prime_to_its_type_lower_bound_when_nothing_fits():
+    bbox = torch.tensor([[0.0, 0.0, 50.0, 50.0]])  # 50 px at r = 1: larger than the 40 px image; 35 px at 0.7
+    ratio, ratio_prime, large = torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64), torch.tensor([3])
+    placement = place_pattern(torch.tensor([1]), _square_foreground(), bbox, ratio, ratio_prime, large)
+    assert placement.found.all()
+    assert placement.ratio_prime.item() == pytest.approx(0.7) and placement.scale.item() == pytest.approx(0.7)
+    assert (placement.height.item(), placement.width.item()) == (35, 35)
+
+
+def test_place_pattern_without_types_does_not_shrink():
+    bbox = torch.tensor([[0.0, 0.0, 100.0, 100.0]])
+    placement = place_pattern(
+        torch.tensor([1]), _square_foreground(), bbox, torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64)
+    )
+    assert not placement.found.any() and placement.ratio_prime.item() == 1.0

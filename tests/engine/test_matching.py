@@ -8,6 +8,8 @@ from cai_aug.engine.algorithm1 import plan_types, quota_counts
 from cai_aug.engine.matching import (
     LARGE,
     MEDIUM,
+    RANGE_HIGH,
+    RANGE_LOW,
     SMALL,
     TRIVIAL,
     QuotaWarning,
@@ -15,6 +17,8 @@ from cai_aug.engine.matching import (
     draw_ratio,
     draw_source,
     draw_synthesis_type,
+    plan_synthesis,
+    size_ratios,
     source_type,
 )
 
@@ -144,3 +148,44 @@ def test_synthesize_meets_four_three_three_when_the_bank_allows(demo_bank, demo_
     assert len(anomalies) == 10
     assert Counter(a.info["synthesis_type"] for a in anomalies) == {"large": 4, "medium": 3, "small": 3}
     assert all(a.label == 1 and a.mask.sum() >= 10 for a in anomalies)
+
+
+# ---------------------------------------------------------------------- plan_synthesis, size_ratios
+
+
+def test_size_ratios_are_source_size_over_foreground_size():
+    foreground = torch.zeros(2, 1, 20, 20, dtype=torch.bool)
+    foreground[0, :, 0:10, 0:5] = True  # sf = 10
+    foreground[1, :, 0:20, 0:20] = True  # sf = 20
+    ratios = size_ratios(torch.tensor([5.0, 10.0, 20.0]), foreground)
+    assert ratios.tolist() == [[0.5, 1.0, 2.0], [0.25, 0.5, 1.0]]
+
+
+def test_plan_makes_a_type_the_source_allows_and_r_prime_in_its_range():
+    keys = torch.arange(200)
+    ratios = torch.tensor([[0.2, 0.5, 0.9]]).repeat(200, 1)  # a small, a medium and a large source
+    plan = plan_synthesis(keys, ratios, (4, 3, 3))
+    types = source_type(ratios.gather(1, plan.source[:, None])[:, 0])
+    assert (plan.synthesis <= types).all() and (plan.synthesis >= 1).all()
+    low = torch.tensor(RANGE_LOW, dtype=torch.float64)[plan.synthesis]
+    high = torch.tensor(RANGE_HIGH, dtype=torch.float64)[plan.synthesis]
+    assert ((plan.ratio_prime >= low - 1e-9) & (plan.ratio_prime <= high + 1e-9)).all()
+    assert torch.equal(plan.ratio, ratios.gather(1, plan.source[:, None])[:, 0].double())
+
+
+def test_plan_keeps_a_forced_source_and_type():
+    keys = torch.arange(4)
+    ratios = torch.tensor([[0.2, 0.5, 0.9]]).repeat(4, 1)
+    forced = (torch.tensor([2, 2, 1, 0]), torch.tensor([3, 1, 2, 1]))
+    plan = plan_synthesis(keys, ratios, (4, 3, 3), forced=forced)
+    assert torch.equal(plan.source, forced[0]) and torch.equal(plan.synthesis, forced[1])
+    assert not plan.fallback.any()
+
+
+def test_plan_without_stm_draws_r_prime_in_the_whole_range_and_reads_the_type_from_it():
+    keys = torch.arange(500)
+    ratios = torch.tensor([[0.05, 2.0]]).repeat(500, 1)  # STM would never use the trivial source
+    plan = plan_synthesis(keys, ratios, (4, 3, 3), use_stm=False)
+    assert set(plan.source.tolist()) == {0, 1}
+    assert plan.ratio_prime.min() >= 0.1 - 1e-9 and plan.ratio_prime.max() <= 1.0 + 1e-9
+    assert torch.equal(plan.synthesis, source_type(plan.ratio_prime.float()).clamp(1, 3))

@@ -14,7 +14,7 @@ from test_frontend_augment import write_tiny_bank
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 A = pytest.importorskip("albumentations")
 
-from cai_aug.frontends import augment as frontend  # noqa: E402
+from cai_aug.frontends import common as frontend  # noqa: E402
 from cai_aug.frontends.albumentations import CrossDomainAnomaly  # noqa: E402
 from cai_aug.io.demo_data import demo_images  # noqa: E402
 
@@ -164,3 +164,102 @@ def test_dataloader_workers_get_different_anomalies(bank: Path, image: np.ndarra
     dataset = _AugmentedCopies(A.Compose([CrossDomainAnomaly(bank=bank, p=1.0)], seed=0), image)
     masks = list(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2))
     assert not torch.equal(masks[0], masks[1])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"mode": "blend"}, "mode"),
+        ({"quotas": (0, 0, 0)}, "quotas"),
+        ({"quotas": (1, -1, 1)}, "quotas"),
+        ({"threshold": 0}, "threshold"),
+        ({"threshold": 2}, "threshold"),
+        ({"foreground": "sam"}, "foreground"),
+        ({"margin": -1}, "margin"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(bank: Path, arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CrossDomainAnomaly(bank=bank, **arguments)
+
+
+def test_missing_bank_fails_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a folder"):
+        CrossDomainAnomaly(bank=tmp_path / "nowhere")
+
+
+def test_strict_rejects_unknown_arguments(bank: Path) -> None:
+    with pytest.raises(ValueError, match="not valid"):
+        CrossDomainAnomaly(bank=bank, probability=0.3, strict=True)
+    assert CrossDomainAnomaly(bank=bank, p=0.3, strict=True).p == 0.3
+
+
+def test_bank_is_serialised_as_an_absolute_path(bank: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(bank.parent)
+    op = CrossDomainAnomaly(bank=bank.name)
+    assert op.bank == str(bank.resolve())
+    assert A.to_dict(A.Compose([op]))["transform"]["transforms"][0]["bank"] == str(bank.resolve())
+
+
+def test_0_255_mask_stays_0_255_without_mask_value(bank: Path, image: np.ndarray) -> None:
+    existing = np.zeros(image.shape[:2], dtype=np.uint8)
+    existing[:4, :4] = 255
+    out = A.Compose([CrossDomainAnomaly(bank=bank, p=1.0)], seed=3)(image=image, mask=existing)
+    assert set(np.unique(out["mask"])) == {0, 255}
+    assert (out["mask"] > 0).sum() > 16
+
+
+def test_masks_list_gets_the_anomaly_mask(bank: Path, image: np.ndarray) -> None:
+    masks = [np.zeros(image.shape[:2], np.uint8), np.full(image.shape[:2], 0, np.uint8)]
+    masks[1][:4, :4] = 255
+    op = CrossDomainAnomaly(bank=bank, p=1.0)
+    out = A.Compose([op], seed=3)(image=image, masks=masks, mask=np.zeros(image.shape[:2], np.uint8))
+    assert len(out["masks"]) == 2
+    assert np.array_equal(out["masks"][0] > 0, out["mask"] > 0) and out["mask"].any()
+    assert set(np.unique(out["masks"][0])) == {0, 255}  # the call's masks are 0/255: so is the anomaly
+    assert (out["masks"][1][:4, :4] == 255).all()
+
+
+def test_additional_image_target_gets_the_same_anomaly(bank: Path, image: np.ndarray) -> None:
+    darker = (image * 0.8).astype(np.uint8)  # the same scene under other light
+    pipeline = A.Compose([CrossDomainAnomaly(bank=bank, p=1.0)], additional_targets={"image2": "image"}, seed=3)
+    out = pipeline(image=image, image2=darker, mask=np.zeros(image.shape[:2], np.uint8))
+    changed = np.abs(out["image2"].astype(int) - darker).max(-1) > 2
+    assert changed.any() and changed[out["mask"] == 0].mean() < 0.05  # same place as the main image's anomaly
+    assert not np.array_equal(out["image2"], out["image"])  # its own pixels, not a copy of the main image
+    alone = A.Compose([CrossDomainAnomaly(bank=bank, p=1.0)], seed=3)(image=image)
+    assert np.array_equal(alone["image"], out["image"])  # the extra target does not change the main image
+
+
+def test_replay_stores_parameters_not_pixels(bank: Path, image: np.ndarray) -> None:
+    pipeline = A.ReplayCompose([CrossDomainAnomaly(bank=bank, p=1.0)])
+    pipeline.set_random_seed(3)
+    out = pipeline(image=image, mask=np.zeros(image.shape[:2], np.uint8))
+    saved = out["replay"]["transforms"][0]
+    assert saved["applied"] and not any(isinstance(value, np.ndarray) for value in saved["params"].values())
+    assert json.dumps(saved["params"]["key"])  # a plain int64 key
+    again = A.ReplayCompose.replay(out["replay"], image=image, mask=np.zeros(image.shape[:2], np.uint8))
+    assert np.array_equal(again["image"], out["image"]) and np.array_equal(again["mask"], out["mask"])
+    other = np.ascontiguousarray(image[::-1])
+    replayed = A.ReplayCompose.replay(out["replay"], image=other, mask=np.zeros(image.shape[:2], np.uint8))
+    assert replayed["mask"].any() and not np.array_equal(replayed["image"], other)  # applied to the new data
+
+
+def test_bicubic_overshoot_is_clamped(bank: Path, image: np.ndarray) -> None:
+    overshoot = image.astype(np.float32) / 255 * 1.004
+    out = A.Compose([CrossDomainAnomaly(bank=bank, p=1.0)], seed=3)(image=overshoot)
+    assert out["image"].max() <= 1.0 and out["mask"].any()
+
+
+def test_readme_albumentations_snippet_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached_demo_bank: Path
+) -> None:
+    from conftest import readme_python
+
+    code = readme_python("albumentations")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    out = namespace["out"]
+    assert out["image"].shape == (128, 128, 3) and out["reference"].shape == (128, 128, 3)
+    assert A.load(str(tmp_path / "pipeline.json")).transforms[1].bank == str((tmp_path / "demo_bank").resolve())

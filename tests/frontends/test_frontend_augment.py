@@ -151,7 +151,7 @@ def test_readme_frontends_section_runs(tmp_path: Path, monkeypatch: pytest.Monke
     readme = Path(__file__).resolve().parents[2] / "README.md"
     section = readme.read_text().split("<!-- section:frontends -->")[1].split("<!-- /section:frontends -->")[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 3  # set-up, CAIDataset, CAIAugment (each host op has its own tested section)
     small_images, small_normals = cai_aug.io.demo_data.demo_images, cai_aug.io.demo_data.write_demo_normals
     monkeypatch.setattr(cai_aug.io.demo_data, "write_demo_bank", lambda path, *a, **k: write_tiny_bank(Path(path)))
     monkeypatch.setattr(cai_aug.io.demo_data, "demo_images", lambda n=8, size=256, seed=0: small_images(n, SIZE, seed))
@@ -162,5 +162,27 @@ def test_readme_frontends_section_runs(tmp_path: Path, monkeypatch: pytest.Monke
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
-    assert namespace["masks"].shape == (8, 1, SIZE, SIZE) and namespace["mask"].shape == (4, 1, SIZE, SIZE)
-    assert namespace["out"]["mask"].shape == (128, 128) and (tmp_path / "pipeline.json").exists()
+    assert namespace["masks"].shape == (8, 1, SIZE, SIZE) and namespace["labels"].shape == (8,)
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def test_missing_bank_folder_fails_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CAIAugment(tmp_path / "no_bank")
+
+
+@pytest.mark.parametrize(("option", "match"), [({"mode": "weird"}, "mode"), ({"quotas": "1:2"}, "quotas")])
+def test_bad_engine_option_fails_at_construction(bank: Path, option: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CAIAugment(bank, **option)
+
+
+def test_takes_a_config_and_shares_the_engine_with_equal_keywords(bank: Path) -> None:
+    from cai_aug import CAIConfig
+
+    by_config = CAIAugment(bank, p=1.0, config=CAIConfig(mode="mixed", quotas="1:1:1"))
+    by_keywords = CAIAugment(bank, p=1.0, mode="mixed", quotas=(1, 1, 1))
+    assert by_config.config == by_keywords.config and by_config.engine.config.mode == "mixed"
+    assert by_config.engine is by_keywords.engine  # one engine per (bank, config, device) and process

@@ -229,3 +229,25 @@ def test_torch_distributed_ranks_differ_and_reproduce(bank: Path, tmp_path: Path
                 assert torch.equal(dataset[index]["anomaly_mask"], mask)
         augment = CAIAugment(bank, p=1.0, seed=0, rank=rank)
         assert torch.equal(augment(demo_images(2, SIZE))[1], result["augment"])
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def test_missing_bank_folder_fails_at_construction(normals: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CAIDataset(normals, tmp_path / "no_bank")
+
+
+def test_bad_engine_option_fails_at_construction(normals: Path, bank: Path) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        CAIDataset(normals, bank, cai={"threshold": 3.0})
+
+
+def test_takes_a_config(normals: Path, bank: Path) -> None:
+    from cai_aug import CAIConfig
+
+    dataset = CAIDataset(normals, bank, p_anomaly=1.0, cai=CAIConfig(mode="mixed"))
+    assert dataset.config.mode == "mixed" and dataset.engine.config == CAIConfig(mode="mixed")
+    as_dict = CAIDataset(normals, bank, p_anomaly=1.0, cai={"mode": "mixed", "classes": ["crack", "stain"]})
+    assert as_dict.config == dataset.config and set(as_dict.engine.bank.classes) == {"crack", "stain"}

@@ -2,13 +2,12 @@
 synchronisations bounded per batch, not per sample."""
 
 import pytest
-import torch
 from conftest import count_cuda_syncs
 
 from cai_aug import CAI
 from cai_aug.io.demo_data import demo_images
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu
 
 
 _syncs = count_cuda_syncs

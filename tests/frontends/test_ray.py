@@ -277,3 +277,42 @@ def test_keys_of_ray_paths_are_relative_to_the_root(tmp_path):
     assert relative_key(str(root / "a.png").lstrip("/"), str(root), root) == "a.png"
     with pytest.raises(ValueError, match="not under the root"):
         relative_key("elsewhere/a.png", "normals", root)
+
+
+@pytest.fixture(scope="module")
+def with_bad_files(data):
+    """Two good images among an empty, a truncated and a too small one."""
+    root = data["root"] / "with_bad"
+    root.mkdir()
+    for name in ("normal_000.png", "normal_001.png"):
+        (root / name).write_bytes((data["normal"] / name).read_bytes())
+    (root / "empty.png").write_bytes(b"")
+    (root / "truncated.png").write_bytes((data["normal"] / "normal_000.png").read_bytes()[:300])
+    write_image(root / "tiny.png", demo_images(1, 64, seed=1)[0, :, :10, :10])
+    return root
+
+
+def test_ray_skips_bad_inputs_as_the_local_engine_does(ray_instance, data, with_bad_files):
+    from cai_aug.cli.synth import make_engine
+
+    local = run_local(
+        with_bad_files,
+        make_engine(synth_args(data, data["root"] / "x")),
+        data["root"] / "bad_local",
+        per_image=PER_IMAGE,
+        progress=False,
+    )
+    args = synth_args(data, data["root"] / "bad_ray", "--engine", "ray", "--workers", "2", "--batch-size", "2")
+    args.normal = str(with_bad_files)
+    output = run_ray(args)
+    assert sorted(output.skipped) == ["empty.png", "tiny.png", "truncated.png"]
+    skipped = (output.root / "skipped.jsonl").read_text()
+    assert skipped == (local.root / "skipped.jsonl").read_text()
+    assert manifest(output.root) == manifest(local.root)
+
+
+def test_ray_strict_stops_at_a_bad_input(ray_instance, data, with_bad_files):
+    args = synth_args(data, data["root"] / "bad_strict", "--engine", "ray", "--batch-size", "8")
+    args.normal = str(with_bad_files)
+    with pytest.raises(ValueError, match=r"empty.png: empty file.*strict"):
+        run_ray(args, strict=True)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from cai_aug.poisson import blend as poisson
 from cai_aug.poisson import cupy_backend as poisson_cupy
-from cai_aug.poisson import solver as poisson
 
 PRELUDE = """
 #define CAI_CUDA_EMULATION 1
@@ -189,3 +189,18 @@ def test_a_failing_cupy_path_falls_back_to_torch_under_auto(emulated, monkeypatc
     assert stats.backend == "torch"
     assert torch.equal(out, poisson.poisson_blend(t, s, masks, backend="torch"))
     assert not poisson_cupy.available()
+
+
+def test_emulated_cupy_path_takes_the_visible_tolerance_like_the_torch_path(emulated) -> None:
+    masks = _masks()
+    g = torch.Generator().manual_seed(3)
+    t = torch.rand(len(masks), 3, 40, 40, generator=g)
+    s = torch.rand(len(masks), 3, 40, 40, generator=g)
+    ref, ref_stats = poisson.poisson_blend(t, s, masks, backend="torch", atol=1 / 255, return_stats=True)
+    out, stats = poisson.poisson_blend(t, s, masks, backend="cupy", atol=1 / 255, return_stats=True)
+    exact = poisson.poisson_blend(t.double(), s.double(), masks, backend="torch", rtol=1e-10)
+    _, to_rtol = poisson.poisson_blend(t, s, masks, backend="cupy", return_stats=True)
+    assert stats.backend == "cupy"
+    assert (stats.iterations - ref_stats.iterations).abs().max() <= 1
+    assert stats.iterations.sum() < to_rtol.iterations.sum()  # atol did stop it
+    assert (out.double() - exact).abs().max() <= 1 / 255

@@ -12,9 +12,9 @@ import torch
 from conftest import count_cuda_syncs
 from test_poisson import disc, images, reference_blend, rel_error
 
+from cai_aug.poisson import blend as poisson
 from cai_aug.poisson import cupy_backend as poisson_cupy
-from cai_aug.poisson import solver as poisson
-from cai_aug.poisson.solver import poisson_blend
+from cai_aug.poisson import poisson_blend
 
 pytestmark = [
     pytest.mark.gpu,
@@ -57,6 +57,19 @@ def test_cupy_matches_spsolve(case: str, mode: str) -> None:
     assert stats.backend == "cupy"
     ref = reference_blend(t[0].numpy(), s[0].numpy(), mask, mode)
     assert rel_error(out[0].cpu(), ref, mask) <= 1e-4
+
+
+@pytest.mark.parametrize("backend", [pytest.param("cupy", marks=needs_cupy), "torch"])
+def test_visible_tolerance_on_cuda_stays_below_one_grey_level(backend: str) -> None:
+    masks = np.stack(list(CASES.values()))
+    t, s = images(len(masks), 3, 64, 64, seed=4)
+    out = poisson_blend(
+        t.float().to(CUDA), s.float().to(CUDA), torch.from_numpy(masks)[:, None].to(CUDA), backend=backend,
+        atol=1 / 255,
+    )  # fmt: skip
+    for i, m in enumerate(masks):
+        ref = reference_blend(t[i].numpy(), s[i].numpy(), m, "normal")
+        assert np.abs(out[i].cpu().double().numpy()[:, m] - ref[:, m]).max() <= 1 / 255, list(CASES)[i]
 
 
 @pytest.mark.parametrize("mode", ["normal", "mixed"])

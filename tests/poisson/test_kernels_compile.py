@@ -1,4 +1,7 @@
-"""Every CUDA source in kernels/ compiles with nvcc for sm_90 (syntax and types, no GPU needed)."""
+"""Every CUDA source in kernels/ compiles with nvcc for sm_90 (syntax and types, no GPU needed).
+
+nvcc gets kernels/ as include path; NVRTC gets the sources with the shared header inlined.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import pytest
 
 from cai_aug.poisson import cupy_backend as poisson_cupy
 
-KERNELS = sorted((Path(__file__).resolve().parents[2] / "cai_aug" / "poisson" / "kernels").glob("*.cu"))
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "cai_aug" / "poisson" / "kernels"
+KERNELS = sorted(KERNEL_DIR.glob("*.cu"))
 NVCC = shutil.which("nvcc")
 
 
@@ -21,12 +25,24 @@ def test_kernel_sources_are_found() -> None:
     assert all('extern "C"' in src for src in sources.values())
 
 
+def test_kernel_sources_for_nvrtc_have_the_shared_header_inlined() -> None:
+    header = (KERNEL_DIR / "common.cuh").read_text()
+    for name, src in poisson_cupy.kernel_sources().items():
+        assert '#include "common.cuh"' in (KERNEL_DIR / name).read_text(), name
+        assert '#include "common.cuh"' not in src, name
+        assert header.replace("#pragma once", "") in src, name
+        assert "#pragma once" not in src, name
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("source", KERNELS, ids=[p.name for p in KERNELS])
 def test_kernel_compiles_to_ptx(source: Path, tmp_path: Path) -> None:
     out = tmp_path / (source.stem + ".ptx")
     proc = subprocess.run(
-        [NVCC, "--ptx", "-arch=sm_90", "-o", str(out), str(source)], capture_output=True, text=True, timeout=300
+        [NVCC, "--ptx", "-arch=sm_90", "-I", str(KERNEL_DIR), "-o", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     ptx = out.read_text()

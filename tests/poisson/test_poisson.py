@@ -10,8 +10,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cai_aug.poisson import solver as poisson
-from cai_aug.poisson.solver import PoissonStats, poisson_blend
+from cai_aug.poisson import PoissonStats, poisson_blend
+from cai_aug.poisson import blend as poisson
 
 
 @pytest.fixture(autouse=True)

@@ -4,23 +4,13 @@
 // weights are (N, 1, H, W): east[p] couples p and p + (0, 1), south[p] couples p and p + (1, 0), diag is
 // the per-pixel diagonal and inv_diag its inverse (0 where the pixel is not an unknown). The operator is
 //     (A x)(p) = diag(p) x(p) - sum over the 4 edges (p, q) of w(p, q) x(q),
-// the same as cai_aug.poisson_multigrid on the torch path. Launch every kernel with
+// the same as cai_aug.poisson.multigrid on the torch path. Launch every kernel with
 // grid = (ceil(plane_pixels / blockDim.x), planes) and blockDim.x a multiple of 32 (<= 1024); kernels
 // with a reduction add their per-block partial sums into a per-plane double accumulator with atomicAdd.
 // Per-plane CG scalars (rz, pq, rr, tol2) are doubles, active flags int32, iteration counts int64.
 // Everything is extern "C" device code only (compiled by CuPy's RawModule with NVRTC at run time).
 
-template <typename T>
-__device__ __forceinline__ T neighbour_sum(const T* __restrict__ x, const T* __restrict__ east,
-                                           const T* __restrict__ south, int y, int xx, int H, int W) {
-    const int i = y * W + xx;
-    T acc = T(0);
-    if (xx + 1 < W) acc += east[i] * x[i + 1];
-    if (xx > 0) acc += east[i - 1] * x[i - 1];
-    if (y + 1 < H) acc += south[i] * x[i + W];
-    if (y > 0) acc += south[i - W] * x[i - W];
-    return acc;
-}
+#include "common.cuh"
 
 #ifndef CAI_CUDA_EMULATION
 __device__ __forceinline__ double warp_sum(double v) {

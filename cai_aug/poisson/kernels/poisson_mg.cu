@@ -1,21 +1,11 @@
 // Aggregation-multigrid V-cycle pieces for the batched masked Poisson operator (cai_aug.poisson, CuPy path).
 //
-// Same algorithm and layout as cai_aug.poisson_multigrid: values (N, C, H, W), weights (N, 1, H, W) with
+// Same algorithm and layout as cai_aug.poisson.multigrid: values (N, C, H, W), weights (N, 1, H, W) with
 // east/south edge weights, diag and inv_diag (0 off the unknowns); red pixels have (y + x) even.
 // Launch with grid = (ceil(pixels / blockDim.x), planes), where "pixels" is the plane size of the
 // array the kernel writes (the coarse one for mg_residual_restrict). Device code only, extern "C".
 
-template <typename T>
-__device__ __forceinline__ T mg_neighbour_sum(const T* __restrict__ x, const T* __restrict__ east,
-                                              const T* __restrict__ south, int y, int xx, int H, int W) {
-    const int i = y * W + xx;
-    T acc = T(0);
-    if (xx + 1 < W) acc += east[i] * x[i + 1];
-    if (xx > 0) acc += east[i - 1] * x[i - 1];
-    if (y + 1 < H) acc += south[i] * x[i + W];
-    if (y > 0) acc += south[i - W] * x[i - W];
-    return acc;
-}
+#include "common.cuh"
 
 // One colour of Gauss-Seidel in place: on pixels of that colour, x = (b + sum_q w x(q)) / diag.
 // The neighbours of a pixel all have the other colour, so in-place updates do not race.
@@ -41,7 +31,7 @@ __device__ __forceinline__ void gs_sweep(T* __restrict__ x, const T* __restrict_
     if (!mine) return;
     const T inv = inv_diag[woff + pix];
     x[off + pix] = inv == T(0) ? T(0)
-                               : (b[off + pix] + mg_neighbour_sum(x + off, east + woff, south + woff, y, xx, H, W)) * inv;
+                               : (b[off + pix] + neighbour_sum(x + off, east + woff, south + woff, y, xx, H, W)) * inv;
 }
 
 // rc = P^T (b - A x): the fine residual summed over each 2x2 block, one thread per coarse pixel.
@@ -68,7 +58,7 @@ __device__ __forceinline__ void residual_restrict(T* __restrict__ rc, const T* _
             if (xx >= W) break;
             const int i = y * W + xx;
             acc += b[off + i] - diag[woff + i] * x[off + i]
-                   + mg_neighbour_sum(x + off, east + woff, south + woff, y, xx, H, W);
+                   + neighbour_sum(x + off, east + woff, south + woff, y, xx, H, W);
         }
     }
     rc[(long long)plane * hwc + pix] = acc;

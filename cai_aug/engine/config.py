@@ -1,0 +1,267 @@
+"""The engine configuration: every option of :class:`~cai_aug.engine.cai.CAI`, its default and its check, once.
+
+``CAIConfig`` is a frozen dataclass: validated at construction (a bad value fails where it is written,
+not at the first call inside a DataLoader worker or a Ray actor), hashable (front ends key their engine
+cache with it) and serialisable (``to_dict``/``from_dict`` give plain JSON values, as Albumentations'
+``to_dict`` does for its transforms). Seed and device are not part of it: they say which anomalies and
+where, not how anomalies are made, and every front end owns them itself.
+
+Examples
+--------
+>>> from cai_aug.engine.config import CAIConfig
+>>> config = CAIConfig(mode="mixed", quotas="4:3:3")
+>>> config.quotas
+(4.0, 3.0, 3.0)
+>>> CAIConfig.from_dict(config.to_dict()) == config
+True
+>>> config.replace(margin=4).margin
+4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from cai_aug.engine.matching import parse_quotas, synthesis_probabilities
+
+Mode = Literal["normal", "mixed"]
+ForegroundMode = Literal["auto", "none", "rembg"]
+Backend = Literal["auto", "torch", "cupy"]
+
+#: Poisson guidance modes: source gradients, or per pixel pair the larger of source and target gradient.
+MODES: tuple[str, ...] = get_args(Mode)
+#: Foreground estimators by name (a callable ``(B, C, H, W) -> (B, 1, H, W)`` is accepted too).
+FOREGROUNDS: tuple[str, ...] = get_args(ForegroundMode)
+#: Poisson solver backends.
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+
+@dataclass(frozen=True)
+class CAIConfig:
+    """How the CAI engine makes pseudo anomalies (the paper's reference settings by default).
+
+    Parameters
+    ----------
+    mode : {"normal", "mixed"}
+        Poisson guidance: source gradients, or the larger of source and target gradient per pixel pair.
+    quotas : (Nl, Nm, Ns) or "Nl:Nm:Ns"
+        Multi-scale quotas of large, medium and small synthesis types; online they are the
+        probabilities of the types. Stored as a tuple of three floats.
+    foreground : {"auto", "none", "rembg"} or callable
+        Foreground estimator; a callable ``(B, C, H, W) -> (B, 1, H, W)`` works but does not serialise.
+    threshold : float
+        T of the difference mask in image units, in ``[0, 1)`` (7/255: the reference's ``> 7``).
+    margin : int
+        Size of the square kernel that closes and then dilates the pattern mask into Omega (>= 0).
+    median : int
+        Odd median (majority) filter size of the difference mask (1: no filter).
+    min_mask_pixels : int
+        A pseudo anomaly with a smaller mask is redrawn (>= 0).
+    allow_upscale : bool
+        Allow ``r = R' / R > 1`` (the paper's default).
+    ratio_decimals : int or None
+        Resolution of ``R'`` (the reference rounds to one decimal); None draws it continuously.
+    max_attempts : int
+        Draws per sample before it is returned unchanged and labelled normal (>= 1).
+    use_poisson, use_stm, use_ils : bool
+        Ablation switches: paste under the mask instead of Poisson editing; ``R'`` uniform in
+        ``[0.1, 1]`` whatever the source's type; centre anywhere with the box inside the image.
+    atol : float or None
+        Poisson stopping rule in image units: a plane stops once its largest pixel error is estimated
+        below ``atol`` (1/255 by default: an error no one can see, and the CPU path's speed); None
+        solves to ``rtol`` only (the exact solve, tested against a direct solver).
+    rtol, max_iter, backend
+        Poisson solver settings (see :func:`cai_aug.poisson_blend`); the first of ``rtol`` and ``atol``
+        met stops a plane.
+
+    Raises
+    ------
+    ValueError
+        A value out of its range or not one of its choices.
+    TypeError
+        A value of the wrong type (a string threshold, a float ``median`` with a fraction ...).
+
+    Notes
+    -----
+    Front ends and the command line build one ``CAIConfig`` and pass it on; the keyword arguments
+    they still accept go through :meth:`replace`, so every option is checked here and only here.
+    """
+
+    mode: Mode = "normal"
+    quotas: tuple[float, float, float] | str = (4.0, 3.0, 3.0)
+    foreground: ForegroundMode | Callable[..., Any] = "auto"
+    threshold: float = 7 / 255
+    margin: int = 8
+    median: int = 7
+    min_mask_pixels: int = 10
+    allow_upscale: bool = True
+    ratio_decimals: int | None = 1
+    max_attempts: int = 8
+    use_poisson: bool = True
+    use_stm: bool = True
+    use_ils: bool = True
+    atol: float | None = 1 / 255
+    rtol: float = 1e-4
+    max_iter: int = 200
+    backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        # Normalised values are written back so that equal settings compare and hash equal
+        # ("4:3:3" == (4, 3, 3), margin 8.0 == 8).
+        set_ = object.__setattr__
+        set_(self, "mode", _choice("mode", self.mode, MODES))
+        set_(self, "quotas", _quotas(self.quotas))
+        set_(self, "foreground", _foreground(self.foreground))
+        set_(self, "threshold", _real("threshold", self.threshold, 0.0, 1.0, "[0, 1) (image units: 7/255 = 7 of 255)"))
+        set_(self, "margin", _integer("margin", self.margin, 0))
+        set_(self, "median", _integer("median", self.median, 1))
+        if self.median % 2 == 0:
+            raise ValueError(f"median must be an odd filter size, got {self.median}")
+        set_(self, "min_mask_pixels", _integer("min_mask_pixels", self.min_mask_pixels, 0))
+        set_(self, "allow_upscale", _boolean("allow_upscale", self.allow_upscale))
+        if self.ratio_decimals is not None:
+            set_(self, "ratio_decimals", _integer("ratio_decimals", self.ratio_decimals, 0))
+        set_(self, "max_attempts", _integer("max_attempts", self.max_attempts, 1))
+        for name in ("use_poisson", "use_stm", "use_ils"):
+            set_(self, name, _boolean(name, getattr(self, name)))
+        if self.atol is not None:
+            set_(self, "atol", _real("atol", self.atol, 0.0, math.inf, "(0, inf) or None", low_open=True))
+        set_(self, "rtol", _real("rtol", self.rtol, 0.0, math.inf, "(0, inf)", low_open=True))
+        set_(self, "max_iter", _integer("max_iter", self.max_iter, 0))
+        set_(self, "backend", _choice("backend", self.backend, BACKENDS))
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """Names of the options, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, config: CAIConfig | Mapping[str, Any] | None = None, **overrides: Any) -> CAIConfig:
+        """A config from a config, a dict (``from_dict``) or None (the defaults), with ``overrides`` on top.
+
+        This is how every constructor that takes ``config=`` and engine keywords combines them.
+        """
+        if config is None:
+            base = cls()
+        elif isinstance(config, CAIConfig):
+            base = config
+        elif isinstance(config, Mapping):
+            base = cls.from_dict(config)
+        else:
+            raise TypeError(f"config must be a CAIConfig, a dict or None, got {type(config).__name__}")
+        return base.replace(**overrides) if overrides else base
+
+    @classmethod
+    def from_attributes(cls, source: Any) -> CAIConfig:
+        """A config from the attributes of ``source`` named like options (e.g. parsed command-line flags);
+        options it lacks keep their defaults."""
+        return cls(**{name: getattr(source, name) for name in cls.fields() if hasattr(source, name)})
+
+    def replace(self, **changes: Any) -> CAIConfig:
+        """A copy with ``changes`` applied (and checked)."""
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (``quotas`` as a list); ``CAIConfig.from_dict`` reads them back.
+
+        Raises
+        ------
+        TypeError
+            When ``foreground`` is a callable (code does not serialise: name a mode instead).
+        """
+        if callable(self.foreground):
+            raise TypeError(
+                "a CAIConfig with a callable foreground does not serialise: use one of "
+                f"{FOREGROUNDS} or keep the config in memory"
+            )
+        values = {name: getattr(self, name) for name in self.fields()}
+        values["quotas"] = list(self.quotas)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> CAIConfig:
+        """The config of ``values`` (as ``to_dict`` writes them; missing options take their defaults)."""
+        if not isinstance(values, Mapping):
+            raise TypeError(f"from_dict takes a mapping, got {type(values).__name__}")
+        _check_names(values)
+        return cls(**dict(values))
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keyword arguments into ``(engine options, the rest)`` (e.g. ``device``, ``classes``)."""
+    names = set(CAIConfig.fields())
+    engine = {k: v for k, v in options.items() if k in names}
+    rest = {k: v for k, v in options.items() if k not in names}
+    return engine, rest
+
+
+# ---------------------------------------------------------------------- checks
+def _check_names(values: Mapping[str, Any]) -> None:
+    unknown = sorted(set(values) - set(CAIConfig.fields()))
+    if unknown:
+        raise TypeError(f"unknown engine option(s) {unknown}; the options are {list(CAIConfig.fields())}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return str(value)
+
+
+def _quotas(value: Any) -> tuple[float, float, float]:
+    if not isinstance(value, (str, Sequence)) or isinstance(value, bytes):
+        raise TypeError(f"quotas must be (Nl, Nm, Ns) or a 'Nl:Nm:Ns' string, got {value!r}")
+    try:
+        quotas = parse_quotas(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"quotas must look like 4:3:3 or (4, 3, 3) (large:medium:small), got {value!r}") from error
+    if not all(math.isfinite(q) for q in quotas):
+        raise ValueError(f"quotas must be finite, got {value!r}")
+    synthesis_probabilities(quotas)  # non-negative with a positive sum
+    return quotas
+
+
+def _foreground(value: Any) -> Any:
+    if callable(value):
+        return value
+    if value not in FOREGROUNDS:
+        raise ValueError(f"foreground must be one of {FOREGROUNDS} or a callable (B,C,H,W) -> (B,1,H,W), got {value!r}")
+    return str(value)
+
+
+def _real(name: str, value: Any, low: float, high: float, text: str, *, low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (low < value if low_open else low <= value) or not value < high:
+        raise ValueError(f"{name} must lie in {text}, got {value}")
+    return value
+
+
+def _integer(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        value = int(value)
+    elif float(value).is_integer():  # 8.0 from a JSON file or a CLI float is still 8
+        value = int(value)
+    else:
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def _boolean(name: str, value: Any) -> bool:
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    if not (isinstance(value, bool) or numpy_bool):  # 1, "yes", None: a typo, not a switch
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)

@@ -1,0 +1,142 @@
+"""Poisson-editing injection (PE) on per-sample canvases, and the difference mask of the result.
+
+Everything after the placement works on canvases: ``(B, C, Hc, Wc)`` windows around each sample's
+pattern (:mod:`cai_aug.engine.resample`), never on full images. The source is resampled into its
+canvas, the target is cropped to the same window, ``Omega = dilate(close(mask))`` is solved there and
+only the finished canvases are pasted back, so the work per sample scales with the pattern, not with
+the image.
+
+Canvases are padded by ``margin + 2`` around the pattern bbox: Omega grows by at most ``margin`` around
+the pattern, so at least one known pixel is left between Omega and the canvas edge, which is what
+:func:`cai_aug.poisson.poisson_blend_canvases` needs to equal a solve on the full image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cai_aug.engine.bank import BankStorage
+from cai_aug.engine.foreground import close, dilate
+from cai_aug.engine.location import Placement
+from cai_aug.engine.masks import difference_mask
+from cai_aug.engine.resample import crop, paste, render_patterns
+from cai_aug.poisson import poisson_blend_canvases
+
+# ITU-R BT.601 luma: a grey target receives the source's luminance, never its colour.
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class Injection:
+    """The injected canvases of a batch.
+
+    ``images``: ``(B, C, Hc, Wc)`` float in [0, 1], the pseudo anomalies; ``target``: the same windows
+    of the normal images; ``region``: ``(B, 1, Hc, Wc)`` bool, the solved region Omega (inside the
+    image, empty for samples that were not placed); ``origin_y``, ``origin_x``: ``(B,)`` int64 image
+    coordinates of each canvas's top-left pixel; ``iterations`` ``(B,)`` int64 and ``residual`` ``(B,)``
+    float32: Poisson solver statistics (0 without Poisson editing).
+    """
+
+    images: torch.Tensor
+    target: torch.Tensor
+    region: torch.Tensor
+    origin_y: torch.Tensor
+    origin_x: torch.Tensor
+    iterations: torch.Tensor
+    residual: torch.Tensor
+
+    def paste(self, images: torch.Tensor, canvases: torch.Tensor | None = None) -> torch.Tensor:
+        """Copy of ``images (B, C, H, W)`` with ``canvases`` (default: the injected ones) written back."""
+        return paste(images, self.images if canvases is None else canvases, self.origin_y, self.origin_x)
+
+
+def blend_region(pattern_mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """Omega: the pattern mask closed, then dilated, by a ``margin x margin`` square.
+
+    Closing fills the pattern's gaps and dilating puts its edge inside Omega (the reference
+    implementation: 8x8 kernels). ``pattern_mask``: ``(B, 1, h, w)`` bool -> ``(B, 1, h, w)`` bool.
+    """
+    if margin <= 0:
+        return pattern_mask
+    return dilate(close(pattern_mask, margin), margin)
+
+
+def inject(
+    images: torch.Tensor,
+    foreground: torch.Tensor,
+    storage: BankStorage,
+    source: torch.Tensor,
+    placement: Placement,
+    placed: torch.Tensor,
+    *,
+    margin: int = 8,
+    mode: str = "normal",
+    use_poisson: bool = True,
+    use_ils: bool = True,
+    rtol: float = 1e-4,
+    atol: float | None = None,
+    max_iter: int = 200,
+    backend: str = "auto",
+) -> Injection:
+    """PE: render each source into a canvas at its placement and blend it into the target there.
+
+    Args:
+        images: ``(B, C, H, W)`` float targets in [0, 1], C = 1 or 3.
+        foreground: ``(B, 1, H, W)`` bool; the result keeps the target outside it (foreground filter)
+            unless ``use_ils`` is False.
+        storage: the bank's storage on the images' device.
+        source: ``(B,)`` int64 source indices (>= 0).
+        placement: centres and pattern sizes (:func:`cai_aug.engine.location.place_pattern`).
+        placed: ``(B,)`` bool; samples without a placement get an empty region and stay unchanged.
+        margin: Omega's closing and dilation size (:func:`blend_region`).
+        mode: ``"normal"`` or ``"mixed"`` Poisson guidance.
+        use_poisson: False pastes the pattern under its mask instead (the "without PE" ablation).
+        rtol, atol, max_iter, backend: Poisson solver settings (:func:`cai_aug.poisson.poisson_blend_canvases`).
+    Returns:
+        the :class:`Injection` (canvases of size ``max pattern + 2 (margin + 2)``; one host sync for it).
+    """
+    device = images.device
+    batch, channels = images.shape[:2]
+    pad = margin + 2
+    canvas_h = int(placement.height.max()) + 2 * pad
+    canvas_w = int(placement.width.max()) + 2 * pad
+    pattern_rgb, pattern_mask = render_patterns(
+        storage, source, placement.height, placement.width, canvas_h, canvas_w, pad
+    )
+    luminance = (pattern_rgb * torch.tensor(LUMA, device=device)[None, :, None, None]).sum(dim=1, keepdim=True)
+    if channels == 1:
+        pattern_rgb = luminance
+    else:
+        # a grey target given as 3 equal channels receives the source's luminance only: colour that a
+        # grey camera never records would be a shortcut for the detector
+        grey = (images[:, :1] == images[:, 1:]).flatten(1).all(dim=1)
+        pattern_rgb = torch.where(grey[:, None, None, None], luminance.expand(-1, 3, -1, -1), pattern_rgb)
+    origin_y = placement.centre[:, 0] - placement.height // 2 - pad
+    origin_x = placement.centre[:, 1] - placement.width // 2 - pad
+    target, inside = crop(images, origin_y, origin_x, canvas_h, canvas_w)
+    region = blend_region(pattern_mask, margin) & inside & placed[:, None, None, None]
+
+    iterations = torch.zeros(batch, dtype=torch.int64, device=device)
+    residual = torch.zeros(batch, dtype=torch.float32, device=device)
+    if use_poisson:
+        blended, stats = poisson_blend_canvases(
+            target, pattern_rgb, region, inside, mode, rtol=rtol, atol=atol, max_iter=max_iter, backend=backend
+        )
+        blended = blended.clamp(0, 1)
+        iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
+    else:
+        blended = torch.where(pattern_mask & inside, pattern_rgb, target)
+    if use_ils:
+        blended = torch.where(crop(foreground, origin_y, origin_x, canvas_h, canvas_w)[0], blended, target)
+    return Injection(blended, target, region, origin_y, origin_x, iterations, residual)
+
+
+def injection_mask(injection: Injection, threshold: float, median: int = 7) -> torch.Tensor:
+    """The difference mask of the injected canvases, ``(B, 1, Hc, Wc)`` bool (see :func:`difference_mask`).
+
+    On the canvas it equals the full image's: outside Omega nothing changed, so the median filter sees
+    the same zeros at the canvas edge as beyond it.
+    """
+    return difference_mask(injection.images, injection.target, injection.region, threshold, median)

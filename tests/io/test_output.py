@@ -1,0 +1,123 @@
+"""cai_aug.io.output.OutputFolder: atomic records, resumption, skipped inputs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cai_aug.io import images as images_module
+from cai_aug.io.output import MANIFEST, SKIPPED, OutputFolder, output_stem
+
+IMAGE = np.full((16, 16, 3), 100, np.uint8)
+MASK = np.eye(16, dtype=bool)
+
+
+def _record(key: str, index: int) -> dict:
+    stem = output_stem(key, index)
+    return {"image": f"images/{stem}.png", "mask": f"masks/{stem}_mask.png", "normal": key, "index": index}
+
+
+def _lines(folder, name=MANIFEST):
+    return (folder / name).read_text().splitlines()
+
+
+def test_output_stem_flattens_folders_and_tags_synthesisers():
+    assert output_stem("sub/a b.png", 3) == "sub__a b_003"
+    assert output_stem("a.png", 0, "cdm") == "a_cdm000"
+
+
+def test_add_writes_both_files_then_one_manifest_line_once(tmp_path):
+    output = OutputFolder(tmp_path)
+    assert output.add(_record("a.png", 0), IMAGE, MASK)
+    assert not output.add(_record("a.png", 0), IMAGE, MASK)  # already recorded: nothing written
+    assert (tmp_path / "images" / "a_000.png").is_file() and (tmp_path / "masks" / "a_000_mask.png").is_file()
+    assert [json.loads(line)["normal"] for line in _lines(tmp_path)] == ["a.png"]
+
+
+def test_a_record_without_its_files_is_refused(tmp_path):
+    output = OutputFolder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="must be reachable by every worker"):
+        output.add(_record("a.png", 0))
+    assert (tmp_path / MANIFEST).read_text() == ""
+
+
+def test_a_used_folder_needs_resume(tmp_path):
+    OutputFolder(tmp_path).add(_record("a.png", 0), IMAGE, MASK)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        OutputFolder(tmp_path)
+
+
+def test_resume_keeps_complete_records_and_clears_what_a_kill_left(tmp_path):
+    output = OutputFolder(tmp_path)
+    for index in range(3):
+        output.add(_record("a.png", index), IMAGE, MASK)
+    (tmp_path / "images" / "a_001.png").unlink()  # a recorded file lost
+    with (tmp_path / MANIFEST).open("a") as handle:
+        handle.write('{"image": "images/a_0')  # a line cut by a kill
+    (tmp_path / "images" / ".a_003.png.tmp").write_bytes(b"partial")
+    resumed = OutputFolder(tmp_path, resume=True)
+    assert resumed.done == {"a.png": {0, 2}}
+    assert [json.loads(line)["index"] for line in _lines(tmp_path)] == [0, 2]
+    assert not list((tmp_path / "images").glob(".*.tmp"))
+
+
+def test_skipped_inputs_are_listed_once_in_key_order_and_survive_resume(tmp_path):
+    output = OutputFolder(tmp_path)
+    output.skip("z.png", "empty file")
+    output.skip("a.png", "truncated")
+    output.skip("z.png", "empty file")
+    assert [json.loads(line) for line in _lines(tmp_path, SKIPPED)] == [
+        {"normal": "a.png", "reason": "truncated"},
+        {"normal": "z.png", "reason": "empty file"},
+    ]
+    resumed = OutputFolder(tmp_path, resume=True)
+    assert resumed.skipped == {"a.png": "truncated", "z.png": "empty file"}
+    resumed.unskip("a.png")
+    resumed.unskip("z.png")
+    assert not (tmp_path / SKIPPED).exists()
+
+
+def test_a_full_disk_records_nothing_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    output = OutputFolder(tmp_path)
+    output.add(_record("a.png", 0), IMAGE, MASK)
+    before = (tmp_path / MANIFEST).read_bytes()
+    real_write = os.write
+
+    def half_then_full(descriptor, data):
+        # the manifest line is the only small write: take part of it, as a filling disk does
+        if len(data) < 200:
+            return real_write(descriptor, bytes(data)[:10])
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(images_module.os, "write", half_then_full)
+    with pytest.raises(OSError, match="cannot write .*manifest.jsonl") as caught:
+        output.add(_record("b.png", 0), IMAGE, MASK)
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert (tmp_path / MANIFEST).read_bytes() == before  # the partial line was cut back
+    assert output.done == {"a.png": {0}}
+
+
+def test_sort_manifest_puts_records_in_input_order(tmp_path):
+    output = OutputFolder(tmp_path)
+    for key, index in (("b.png", 1), ("a.png", 0), ("b.png", 0)):
+        output.add(_record(key, index), IMAGE, MASK)
+    output.sort_manifest(["b.png", "a.png"])
+    assert [(r["normal"], r["index"]) for r in output.records()] == [("b.png", 0), ("b.png", 1), ("a.png", 0)]
+
+
+def test_preview_of_an_empty_run(tmp_path):
+    output = OutputFolder(tmp_path)
+    assert output.write_preview(missing_ok=True) is None
+    with pytest.raises(ValueError, match="no pseudo anomalies"):
+        output.write_preview()
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        OutputFolder(tmp_path / "out")

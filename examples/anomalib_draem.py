@@ -7,22 +7,15 @@ runs the lines of ``Draem.training_step`` that use the generator. Run:
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from _preamble import start  # examples run as scripts: their folder is on sys.path
 
 from cai_aug import CAIAnomalyGenerator
-from cai_aug.io.demo_data import demo_images, write_demo_bank
+from cai_aug.io.demo_data import demo_images
 from cai_aug.io.preview import save_contact_sheet
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/examples/anomalib_draem"))
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    bank = args.out / "bank"
-    if not (bank / "MANIFEST.csv").exists():
-        write_demo_bank(bank)
+    out, bank = start("anomalib_draem", __doc__, argv)
 
     generator = CAIAnomalyGenerator(bank, probability=0.5, seed=0)
     try:
@@ -36,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     input_image = demo_images(8, 128)  # batch.image: (B, 3, H, W) in [0, 1], DRAEM uses no Normalize
     augmented_image, anomaly_mask = generator(input_image)  # as in Draem.training_step
-    sheet = save_contact_sheet(args.out / "draem_batch.png", augmented_image, anomaly_mask, columns=4)
+    sheet = save_contact_sheet(out / "draem_batch.png", augmented_image, anomaly_mask, columns=4)
     print(f"augmented {tuple(augmented_image.shape)}, masks {tuple(anomaly_mask.shape)} -> {sheet}")
 
 

@@ -8,15 +8,14 @@ The same command turns MVTec AD or VisA categories into bank entries:
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
 import torch
+from _preamble import start  # examples run as scripts: their folder is on sys.path
 
 from cai_aug import AnomalyBank
 from cai_aug.cli import main as cai_aug
-from cai_aug.io.demo_data import write_demo_bank
 from cai_aug.io.preview import save_contact_sheet
 
 
@@ -36,16 +35,10 @@ def make_mvtec_layout(source: Path, root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/examples/build_bank"))
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    demo = args.out / "demo_bank"
-    if not (demo / "MANIFEST.csv").exists():
-        write_demo_bank(demo, per_class=3)
-    dataset = make_mvtec_layout(demo, args.out / "demo_dataset")
+    out, demo = start("build_bank", __doc__, argv, bank="demo_bank", per_class=3)
+    dataset = make_mvtec_layout(demo, out / "demo_dataset")
 
-    bank = args.out / "bank"
+    bank = out / "bank"
     shutil.rmtree(bank, ignore_errors=True)
     code = cai_aug(
         ["build-bank", "--mvtec", str(dataset), "--out", str(bank), "--map", "pits=pits", "--license", "CC0"]
@@ -63,9 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.nn.functional.interpolate(loaded.source(i)[1][None].float(), size=(96, 96))[0] for i in range(len(loaded))
     ]
     captions = [f"{entry.cls} {entry.id.rsplit('_', 1)[-1]}" for entry in loaded.entries]
-    sheet = save_contact_sheet(
-        args.out / "bank.png", torch.stack(crops), torch.stack(masks), captions, columns=5, tile=96
-    )
+    sheet = save_contact_sheet(out / "bank.png", torch.stack(crops), torch.stack(masks), captions, columns=5, tile=96)
     print(f"bank of {len(loaded)} sources in {loaded.classes} -> {bank}; sources -> {sheet}")
 
 

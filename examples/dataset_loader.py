@@ -6,26 +6,18 @@ Run: ``python examples/dataset_loader.py [--out out/examples/dataset_loader]``. 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
+from _preamble import start  # examples run as scripts: their folder is on sys.path
 from torch.utils.data import DataLoader
 
 from cai_aug import CAIDataset
-from cai_aug.io.demo_data import write_demo_bank, write_demo_normals
+from cai_aug.io.demo_data import write_demo_normals
 from cai_aug.io.preview import save_contact_sheet
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/examples/dataset_loader"))
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    bank = args.out / "bank"
-    if not (bank / "MANIFEST.csv").exists():
-        write_demo_bank(bank)
-    normals = write_demo_normals(args.out / "normals", n=8, size=128)
+    out, bank = start("dataset_loader", __doc__, argv)
+    normals = write_demo_normals(out / "normals", n=8, size=128)
 
     dataset = CAIDataset(normals, bank, p_anomaly=0.75, seed=0)
     loader = DataLoader(dataset, batch_size=4, shuffle=True, num_workers=2, persistent_workers=True)
@@ -39,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         images = torch.stack([items[i]["augmented_image"] for i in order])
         masks = torch.stack([items[i]["anomaly_mask"] for i in order])
         captions = [f"{i}: has_anomaly={int(items[i]['has_anomaly'][0])}" for i in order]
-        sheet = save_contact_sheet(args.out / f"epoch{epoch}.png", images, masks, captions, columns=4)
+        sheet = save_contact_sheet(out / f"epoch{epoch}.png", images, masks, captions, columns=4)
         print(f"epoch {epoch}: {int(masks.flatten(1).amax(1).sum())}/{len(order)} anomalous -> {sheet}")
 
 

@@ -11,6 +11,10 @@ on the whole batch with 1 and with 2 torch threads (exact: ``rtol=1e-4``), and w
 fast mode ``atol=1/255`` (largest error one grey level; ``fast err`` is its measured largest error
 against the exact solve, in grey levels). Times are the best of ``--repeats`` runs, per image.
 
+On the CPU ``poisson_blend`` runs the compiled solve of ``cai_aug/poisson/cpu_kernel.cpp`` when it
+builds (``compiled: yes`` in the title); ``--torch-loop`` adds two columns with the torch CG loop it
+replaces (``loop1``: exact, ``loopf``: fast, 1 thread), timed in the same run.
+
 ``--clock cpu`` times the one-thread columns (OpenCV, torch1, fast1) with this process's CPU time
 instead of the wall clock: on a shared, loaded machine it is far steadier, and it is the same clock
 for OpenCV and torch, so the ratios stay fair (the 2-thread column always uses the wall clock).
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cai_aug.poisson import poisson_blend
+from cai_aug.poisson import cpu_kernel, poisson_blend
 
 SIZES = {"small": 26, "medium": 77, "large": 180}
 MIX = ("large",) * 4 + ("medium",) * 3 + ("small",) * 3
@@ -91,8 +95,14 @@ def time_opencv(target, source, masks, centres, mode: str, repeats: int) -> floa
     return best / len(target)
 
 
-def time_torch(target, source, masks, mode: str, repeats: int, threads: int, atol: float | None = None):
-    """Seconds per image (best of ``repeats``), the stats and the output of ``poisson_blend``."""
+def time_torch(
+    target, source, masks, mode: str, repeats: int, threads: int, atol: float | None = None, loop: bool = False
+):
+    """Seconds per image (best of ``repeats``), the stats and the output of ``poisson_blend``.
+
+    ``loop``: the torch CG loop instead of the compiled CPU solve.
+    """
+    cpu_kernel.USE = not loop
     torch.set_num_threads(threads)
     t = torch.from_numpy(target).permute(0, 3, 1, 2).float().div_(255)
     s = torch.from_numpy(source).permute(0, 3, 1, 2).float().div_(255)
@@ -103,6 +113,7 @@ def time_torch(target, source, masks, mode: str, repeats: int, threads: int, ato
         t0 = clock()
         out, stats = poisson_blend(t, s, m, mode, atol=atol, return_stats=True)
         best = min(best, clock() - t0)
+    cpu_kernel.USE = True
     return best / len(target), stats, out
 
 
@@ -150,6 +161,7 @@ def main() -> None:
     parser.add_argument("--no-iterations", action="store_true", help="skip the iterations-by-shape table")
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("poisson_speed.png"))
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="clock of the 1-thread columns")
+    parser.add_argument("--torch-loop", action="store_true", help="also time the torch CG loop (1 thread)")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -160,11 +172,11 @@ def main() -> None:
     header = (
         f"{'case':<8} {'mode':<6} {'B':>3} {'opencv ms':>10} {'torch1 ms':>10} {'torch2 ms':>10} "
         f"{'cv/t1':>6} {'cv/t2':>6} {'iters mean/max':>15} {'max resid':>10} {'fast1 ms':>9} {'cv/f1':>6} "
-        f"{'fast iters':>10} {'fast err':>9}"
+        f"{'fast iters':>10} {'fast err':>9}" + (f" {'loop1 ms':>9} {'loopf ms':>9}" if args.torch_loop else "")
     )
     print(
         f"poisson_blend vs cv2.seamlessClone, {args.size}x{args.size}, times per image (best of {args.repeats}, "
-        f"{args.clock} clock)"
+        f"{args.clock} clock, compiled: {'yes' if cpu_kernel.available() else 'no'})"
     )
     print(header)
     print("-" * len(header))
@@ -176,6 +188,9 @@ def main() -> None:
             t1, _, exact = time_torch(target, source, masks, mode, args.repeats, threads=1)
             t2, stats, _ = time_torch(target, source, masks, mode, args.repeats, threads=2)
             f1, fast_stats, fast = time_torch(target, source, masks, mode, args.repeats, threads=1, atol=1 / 255)
+            if args.torch_loop:
+                loop1 = 1e3 * time_torch(target, source, masks, mode, args.repeats, threads=1, loop=True)[0]
+                loopf = 1e3 * time_torch(target, source, masks, mode, args.repeats, 1, 1 / 255, loop=True)[0]
             it = stats.iterations.double()
             row = dict(
                 case=case, mode=mode, batch=len(kinds), opencv=cv_ms, torch1=1e3 * t1, torch2=1e3 * t2,
@@ -188,7 +203,8 @@ def main() -> None:
                 f"{case:<8} {mode:<6} {row['batch']:>3} {cv_ms:>10.2f} {row['torch1']:>10.2f} "
                 f"{row['torch2']:>10.2f} {cv_ms / row['torch1']:>6.2f} {cv_ms / row['torch2']:>6.2f} "
                 f"{row['it_mean']:>7.1f}/{row['it_max']:<7d} {row['resid']:>10.1e} {row['fast1']:>9.2f} "
-                f"{cv_ms / row['fast1']:>6.2f} {row['fast_it']:>10.1f} {row['fast_err']:>9.2f}",
+                f"{cv_ms / row['fast1']:>6.2f} {row['fast_it']:>10.1f} {row['fast_err']:>9.2f}"
+                + (f" {loop1:>9.2f} {loopf:>9.2f}" if args.torch_loop else ""),
                 flush=True,
             )
     torch.set_num_threads(2)

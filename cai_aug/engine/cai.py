@@ -31,6 +31,7 @@ from cai_aug.engine.matching import (
     source_type,
     warn_fallback,
 )
+from cai_aug.engine.resample import paste_
 from cai_aug.io.coerce import as_float_batch, restore_layout
 
 __all__ = ["CAI", "CAIResult", "MODES"]
@@ -58,9 +59,13 @@ class CAIResult:
 
 @dataclass
 class _Attempt:
-    """Outputs of one attempt for a subset of the batch (all tensors on the compute device)."""
+    """Outputs of one attempt for a subset of the batch (all tensors on the compute device).
 
-    images: torch.Tensor
+    ``injection`` and ``masks`` are canvases (:mod:`cai_aug.engine.injection`): only the samples that
+    succeed are written into the output images, never a full copy of the subset.
+    """
+
+    injection: Injection
     masks: torch.Tensor
     success: torch.Tensor
     source: torch.Tensor
@@ -76,18 +81,16 @@ class _Attempt:
     @classmethod
     def collect(
         cls,
-        images: torch.Tensor,
         plan: SynthesisPlan,
         placement: Placement,
         injection: Injection,
         masks: torch.Tensor,
         success: torch.Tensor,
     ) -> _Attempt:
-        """The attempt's full images and masks (canvases pasted back) and its per-sample decisions."""
-        empty = torch.zeros_like(images[:, :1], dtype=torch.bool)
+        """The attempt's canvases and its per-sample decisions."""
         return cls(
-            images=injection.paste(images),
-            masks=injection.paste(empty, masks),
+            injection=injection,
+            masks=masks,
             success=success,
             source=plan.source,
             synthesis=plan.synthesis,
@@ -99,6 +102,24 @@ class _Attempt:
             residual=injection.residual,
             fallback=plan.fallback & success,
         )
+
+    def write_(self, images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor) -> None:
+        """Paste the successful samples' canvases into ``images`` / ``masks`` ``(B, ., H, W)`` at ``rows``
+        (the batch rows of this attempt's samples), in place."""
+        keep = self.success
+        if bool(keep.all()):  # the usual case: no subset copies of the canvases
+            kept_images, kept_masks, origin_y, origin_x = (
+                self.injection.images,
+                self.masks,
+                self.injection.origin_y,
+                self.injection.origin_x,
+            )
+        else:
+            kept_images, kept_masks = self.injection.images[keep], self.masks[keep]
+            origin_y, origin_x = self.injection.origin_y[keep], self.injection.origin_x[keep]
+            rows = rows[keep]
+        paste_(images, kept_images, origin_y, origin_x, rows)
+        paste_(masks, kept_masks, origin_y, origin_x, rows)
 
 
 class CAI:
@@ -225,10 +246,10 @@ class CAI:
         for attempt in range(self.config.max_attempts):
             attempt_keys = rng.derive(keys[pending], attempt)
             forced = None if plan is None else (plan[0].to(device)[pending], plan[1].to(device)[pending])
-            result = self._attempt(x[pending], foreground[pending], attempt_keys, forced)
-            done = pending[result.success]
-            out_images[done] = result.images[result.success]
-            out_masks[done] = result.masks[result.success].float()
+            # the first attempt runs on the whole batch: no copies of the images and foregrounds
+            subset = (x, foreground) if attempt == 0 else (x[pending], foreground[pending])
+            result = self._attempt(*subset, attempt_keys, forced)
+            result.write_(out_images, out_masks, pending)
             record.update(pending, result, attempt + 1)
             pending = pending[~result.success]
             if pending.numel() == 0:
@@ -305,8 +326,9 @@ class CAI:
         )
         # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
         masks = injection_mask(injection, config.threshold, config.median)
-        success = placed & (masks.flatten(1).sum(dim=1) >= config.min_mask_pixels)
-        return _Attempt.collect(images, plan, placement, injection, masks, success)
+        pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
+        success = placed & (pixels >= config.min_mask_pixels)
+        return _Attempt.collect(plan, placement, injection, masks, success)
 
 
 # What an attempt decided and measured per sample, copied into the record of the attempt kept.

@@ -52,6 +52,22 @@ class Injection:
         return paste(images, self.images if canvases is None else canvases, self.origin_y, self.origin_x)
 
 
+def grey_images(images: torch.Tensor) -> torch.Tensor:
+    """Which ``(B, C, H, W)`` images have all channels equal: ``(B,)`` bool.
+
+    On the CPU one ``torch.equal`` per image and channel, which stops at the first differing pixel (at
+    once for a colour image) and allocates nothing; elsewhere one comparison for the batch.
+    """
+    if images.device.type == "cpu":
+        return torch.tensor([all(torch.equal(image[0], plane) for plane in image[1:]) for image in images])
+    return (images[:, :1] == images[:, 1:]).flatten(1).all(dim=1)
+
+
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma of ``(B, 3, H, W)`` -> ``(B, 1, H, W)``."""
+    return (rgb * torch.tensor(LUMA, device=rgb.device)[None, :, None, None]).sum(dim=1, keepdim=True)
+
+
 def blend_region(pattern_mask: torch.Tensor, margin: int) -> torch.Tensor:
     """Omega: the pattern mask closed, then dilated, by a ``margin x margin`` square.
 
@@ -105,14 +121,15 @@ def inject(
     pattern_rgb, pattern_mask = render_patterns(
         storage, source, placement.height, placement.width, canvas_h, canvas_w, pad
     )
-    luminance = (pattern_rgb * torch.tensor(LUMA, device=device)[None, :, None, None]).sum(dim=1, keepdim=True)
     if channels == 1:
-        pattern_rgb = luminance
+        pattern_rgb = luminance(pattern_rgb)
     else:
         # a grey target given as 3 equal channels receives the source's luminance only: colour that a
         # grey camera never records would be a shortcut for the detector
-        grey = (images[:, :1] == images[:, 1:]).flatten(1).all(dim=1)
-        pattern_rgb = torch.where(grey[:, None, None, None], luminance.expand(-1, 3, -1, -1), pattern_rgb)
+        grey = grey_images(images)
+        if bool(grey.any()):  # colour targets (the usual case) skip two passes over the canvases
+            grey_rgb = luminance(pattern_rgb).expand(-1, 3, -1, -1)
+            pattern_rgb = torch.where(grey[:, None, None, None], grey_rgb, pattern_rgb)
     origin_y = placement.centre[:, 0] - placement.height // 2 - pad
     origin_x = placement.centre[:, 1] - placement.width // 2 - pad
     target, inside = crop(images, origin_y, origin_x, canvas_h, canvas_w)
@@ -124,7 +141,8 @@ def inject(
         blended, stats = poisson_blend_canvases(
             target, pattern_rgb, region, inside, mode, rtol=rtol, atol=atol, max_iter=max_iter, backend=backend
         )
-        blended = blended.clamp(0, 1)
+        # in place: the solve is a new tensor (or, with nothing to solve, the target: already in [0, 1])
+        blended = blended.clamp_(0, 1)
         iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
     else:
         blended = torch.where(pattern_mask & inside, pattern_rgb, target)

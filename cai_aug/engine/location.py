@@ -9,6 +9,7 @@ fails the sample's attempt fails and the engine redraws the source.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,19 @@ import torch
 from cai_aug.engine import rng
 from cai_aug.engine.matching import RANGE_LOW
 from cai_aug.engine.resample import pattern_size
+
+
+def centre_ranges(shape: torch.Size, height: torch.Tensor, width: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``(B, H)`` and columns ``(B, W)`` bool where a bbox of ``(height, width)`` (``(B,)`` int64)
+    can be centred with the whole box inside a ``(..., H, W)`` image."""
+    rows, cols = shape[-2:]
+    device = height.device
+    y = torch.arange(rows, device=device)[None, :]
+    x = torch.arange(cols, device=device)[None, :]
+    top, left = y - (height // 2)[:, None], x - (width // 2)[:, None]
+    rows_ok = (top >= 0) & (top + height[:, None] <= rows)
+    cols_ok = (left >= 0) & (left + width[:, None] <= cols)
+    return rows_ok, cols_ok
 
 
 def valid_centres(foreground: torch.Tensor, height: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
@@ -27,12 +41,7 @@ def valid_centres(foreground: torch.Tensor, height: torch.Tensor, width: torch.T
     Returns:
         ``(B, H, W)`` bool.
     """
-    _, _, rows, cols = foreground.shape
-    y = torch.arange(rows, device=foreground.device)[None, :]
-    x = torch.arange(cols, device=foreground.device)[None, :]
-    top, left = y - (height // 2)[:, None], x - (width // 2)[:, None]
-    rows_ok = (top >= 0) & (top + height[:, None] <= rows)  # (B, H)
-    cols_ok = (left >= 0) & (left + width[:, None] <= cols)  # (B, W)
+    rows_ok, cols_ok = centre_ranges(foreground.shape, height, width)
     return foreground[:, 0] & rows_ok[:, :, None] & cols_ok[:, None, :]
 
 
@@ -47,15 +56,54 @@ def pick_uniform(
     Returns:
         centres ``(B, 2)`` int64 ``(y, x)`` (0 where none) and ``(B,)`` bool whether one existed.
     """
-    batch, _, cols = valid.shape
-    flat = valid.reshape(batch, -1)
-    running = flat.long().cumsum(dim=1)
+    batch = torch.arange(valid.shape[0], device=valid.device)
+    return _pick(keys, valid.sum(dim=2), lambda rows: valid[batch, rows], stream)
+
+
+def _pick(
+    keys: torch.Tensor, row_counts: torch.Tensor, row_of: Callable[[torch.Tensor], torch.Tensor], stream: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pick-th True pixel in row-major order, with pick uniform below the count of True pixels.
+
+    In two steps: the row from the running count over rows ``(B, H)``, then the column from the running
+    count along that one row (``row_of(rows) -> (B, W)`` bool): the same pixel as a running count over
+    all ``H W`` pixels, which was the most expensive step of placing a pattern.
+    """
+    running = row_counts.cumsum(dim=1)
     count = running[:, -1]
     pick = rng.randint(keys, stream, count.clamp(min=1))
-    index = torch.searchsorted(running, (pick + 1)[:, None]).squeeze(1).clamp(max=flat.shape[1] - 1)
     found = count > 0
-    index = torch.where(found, index, 0)
-    return torch.stack([index // cols, index % cols], dim=1), found
+    row = torch.searchsorted(running, (pick + 1)[:, None]).clamp(max=running.shape[1] - 1)  # (B, 1)
+    within = pick[:, None] - (running.gather(1, row) - row_counts.gather(1, row))  # rank inside the row
+    line = row_of(row[:, 0]).long().cumsum(dim=1)
+    col = torch.searchsorted(line, within + 1).clamp(max=line.shape[1] - 1)
+    centre = torch.cat([row, col], dim=1)
+    return torch.where(found[:, None], centre, 0), found
+
+
+def pick_in_ranges(
+    keys: torch.Tensor,
+    foreground: torch.Tensor,
+    rows_ok: torch.Tensor,
+    cols_ok: torch.Tensor,
+    stream: int = rng.Stream.LOCATION,
+    counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pick_uniform` over ``valid_centres`` given as its parts, without building the ``(B, H, W)``
+    valid set: ``foreground (B, 1, H, W)`` bool, ``rows_ok (B, H)`` and ``cols_ok (B, W)`` bool;
+    ``counts``: their :func:`row_counts` when already known."""
+    plane = foreground[:, 0]
+    batch = torch.arange(plane.shape[0], device=plane.device)
+    counts = row_counts(foreground, rows_ok, cols_ok) if counts is None else counts
+    return _pick(keys, counts, lambda rows: plane[batch, rows] & cols_ok, stream)
+
+
+def row_counts(foreground: torch.Tensor, rows_ok: torch.Tensor, cols_ok: torch.Tensor) -> torch.Tensor:
+    """Valid centres per row, ``(B, H)`` int64, from ``foreground (B, 1, H, W)`` bool and the ranges
+    ``rows_ok (B, H)``, ``cols_ok (B, W)`` bool (:func:`centre_ranges`)."""
+    # bytes summed into int32: a bool sum first converts the whole (B, H, W) plane to int64
+    inside = (foreground[:, 0] & cols_ok[:, None, :]).view(torch.uint8).sum(dim=2, dtype=torch.int32)
+    return inside.long() * rows_ok
 
 
 @dataclass
@@ -98,17 +146,22 @@ def place_pattern(
     ratio = ratio.double()
     scale = ratio_prime / ratio
     height, width = pattern_size(bbox, scale)
-    valid = valid_centres(foreground, height, width)
+    rows_ok, cols_ok = centre_ranges(foreground.shape, height, width)
+    counts = row_counts(foreground, rows_ok, cols_ok)
     if synthesis is not None:
         # Batched: every sample computes its shrunk candidate, those that need it take it.
         shrunk = torch.tensor(RANGE_LOW, device=ratio.device, dtype=torch.float64)[synthesis.clamp(min=1)]
         shrunk_scale = shrunk / ratio
         shrunk_h, shrunk_w = pattern_size(bbox, shrunk_scale)
-        use_shrunk = ~valid.flatten(1).any(dim=1)
-        valid = torch.where(use_shrunk[:, None, None], valid_centres(foreground, shrunk_h, shrunk_w), valid)
+        use_shrunk = counts.sum(dim=1) == 0
+        shrunk_rows_ok, shrunk_cols_ok = centre_ranges(foreground.shape, shrunk_h, shrunk_w)
+        shrunk_counts = row_counts(foreground, shrunk_rows_ok, shrunk_cols_ok)
+        rows_ok = torch.where(use_shrunk[:, None], shrunk_rows_ok, rows_ok)
+        cols_ok = torch.where(use_shrunk[:, None], shrunk_cols_ok, cols_ok)
+        counts = torch.where(use_shrunk[:, None], shrunk_counts, counts)
         ratio_prime = torch.where(use_shrunk, shrunk, ratio_prime)
         scale = torch.where(use_shrunk, shrunk_scale, scale)
         height = torch.where(use_shrunk, shrunk_h, height)
         width = torch.where(use_shrunk, shrunk_w, width)
-    centre, found = pick_uniform(keys, valid)
+    centre, found = pick_in_ranges(keys, foreground, rows_ok, cols_ok, counts=counts)
     return Placement(centre, found, ratio_prime, scale, height, width)

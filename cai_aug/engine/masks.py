@@ -35,5 +35,5 @@ def difference_mask(
     Returns:
         ``(B, 1, H, W)`` bool.
     """
-    difference = (synthesized - normal).abs().mean(dim=1, keepdim=True)
+    difference = (synthesized - normal).abs_().mean(dim=1, keepdim=True)
     return majority_filter(difference > threshold, median) & region

@@ -31,8 +31,16 @@ def bbox_size(mask: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B,)`` float32; 0 for an empty mask.
     """
-    mask = mask.reshape(mask.shape[0], *mask.shape[-2:]) > 0
-    return torch.maximum(_extent(mask.any(dim=2)), _extent(mask.any(dim=1))).float()
+    mask = mask.reshape(mask.shape[0], *mask.shape[-2:])
+    if mask.dtype != torch.bool:  # a foreground is already bool: no pass to compare it
+        mask = mask > 0
+    return torch.maximum(_extent(any_along(mask, 2)), _extent(any_along(mask, 1))).float()
+
+
+def any_along(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """``mask.any(dim)`` of a bool tensor, as the max of its bytes: the same values, and on the CPU many
+    times faster than ``any`` along one dimension of a large tensor."""
+    return mask.view(torch.uint8).amax(dim=dim).bool()
 
 
 def _extent(occupied: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Batched resampling of bank sources into per-sample canvases, and canvas <-> image transfers.
 
 A canvas is a small ``(B, C, Hc, Wc)`` window around each sample's pattern; its origin in image
-coordinates differs per sample. Moving canvases in and out of full images is one gather or scatter
-with no host synchronisation: positions outside the image go to a dummy slot.
+coordinates differs per sample. Moving canvases in and out of full images is, on a GPU, one gather or
+scatter for the batch with no host synchronisation; on the CPU, one contiguous copy per sample (faster
+there than any indexing over the batch).
 """
 
 from __future__ import annotations
@@ -47,7 +48,33 @@ def render_patterns(
         pattern_h, pattern_w: ``(B,)`` int64 target bbox sizes.
     Returns:
         image ``(B, 3, Hc, Wc)`` float in [0, 1] and mask ``(B, 1, Hc, Wc)`` bool (zero outside the bbox).
+        On the CPU each sample is resampled over its own bbox plus ``pad`` only (a batch's canvas is as
+        large as its largest pattern): beyond that a smaller pattern's image is zero, where nothing reads
+        it (Omega stays within ``margin < pad`` of the bbox).
     """
+    batch = source.shape[0]
+    if not _per_sample(source) or batch == 1:
+        return _render(storage, source, pattern_h, pattern_w, canvas_h, canvas_w, pad)
+    image = torch.zeros(batch, 3, canvas_h, canvas_w, device=source.device)
+    mask = torch.zeros(batch, 1, canvas_h, canvas_w, dtype=torch.bool, device=source.device)
+    for n, (height, width) in enumerate(zip(pattern_h.tolist(), pattern_w.tolist())):
+        rows, cols, one = min(height + 2 * pad, canvas_h), min(width + 2 * pad, canvas_w), slice(n, n + 1)
+        image[one, :, :rows, :cols], mask[one, :, :rows, :cols] = _render(
+            storage, source[one], pattern_h[one], pattern_w[one], rows, cols, pad
+        )
+    return image, mask
+
+
+def _render(
+    storage: BankStorage,
+    source: torch.Tensor,
+    pattern_h: torch.Tensor,
+    pattern_w: torch.Tensor,
+    canvas_h: int,
+    canvas_w: int,
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render_patterns` for the whole batch at once (every sample over the full canvas)."""
     device = source.device
     bbox = storage.bbox[source].double()  # (B, 4)
     step_y = bbox[:, 2] / pattern_h.double()  # source pixels per canvas pixel
@@ -79,13 +106,17 @@ def render_patterns(
     words = storage.pixels.contiguous().view(torch.int32).reshape(-1)
 
     def fetch(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """One bilinear tap for every canvas pixel: ``(B, Hc, Wc, 4)`` float RGBA in [0, 255]."""
         index = (base + rows + cols).reshape(-1)
-        return words.index_select(0, index).view(torch.uint8).reshape(source.shape[0], canvas_h, canvas_w, 4)
+        return words.index_select(0, index).view(torch.uint8).reshape(source.shape[0], canvas_h, canvas_w, 4).float()
 
-    wy, wx = wy[:, :, None, None], wx[:, None, :, None]
-    top = fetch(rows0, cols0).float() * (1 - wx) + fetch(rows0, cols1).float() * wx
-    bottom = fetch(rows1, cols0).float() * (1 - wx) + fetch(rows1, cols1).float() * wx
-    values = (top * (1 - wy) + bottom * wy).permute(0, 3, 1, 2) / 255.0  # (B, 4, Hc, Wc)
+    # The bilinear blend, in place but with the same products and sums in the same order as
+    # (f00 (1 - wx) + f01 wx) (1 - wy) + (f10 (1 - wx) + f11 wx) wy. The column weights are repeated over
+    # the 4 channels: broadcasting them over an inner axis of 4 does not vectorise.
+    wy, wx = wy[:, :, None, None], wx[:, None, :, None].expand(-1, -1, -1, 4).contiguous()
+    top = fetch(rows0, cols0).mul_(1 - wx).add_(fetch(rows0, cols1).mul_(wx))
+    bottom = fetch(rows1, cols0).mul_(1 - wx).add_(fetch(rows1, cols1).mul_(wx))
+    values = top.mul_(1 - wy).add_(bottom.mul_(wy)).div_(255.0).permute(0, 3, 1, 2)  # (B, 4, Hc, Wc)
 
     inside_y = (torch.arange(canvas_h, device=device)[None, :] >= pad) & (
         torch.arange(canvas_h, device=device)[None, :] < pad + pattern_h[:, None]
@@ -97,35 +128,131 @@ def render_patterns(
     return values[:, :3].contiguous(), mask
 
 
-def _canvas_index(
+def _clamped_windows(
     shape: torch.Size, origin_y: torch.Tensor, origin_x: torch.Tensor, canvas_h: int, canvas_w: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices into a ``(B, C, H, W)`` tensor for each canvas pixel, and where they are valid."""
-    batch, channels, height, width = shape
+    """Image rows ``(B, Hc)`` and columns ``(B, Wc)`` of each canvas pixel, clamped into the image."""
+    height, width = shape[-2:]
     device = origin_y.device
-    rows = origin_y[:, None] + torch.arange(canvas_h, device=device)[None, :]  # (B, Hc)
-    cols = origin_x[:, None] + torch.arange(canvas_w, device=device)[None, :]  # (B, Wc)
-    valid = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    plane = (rows.clamp(0, height - 1) * width)[:, :, None] + cols.clamp(0, width - 1)[:, None, :]
-    start = (torch.arange(batch, device=device) * channels)[:, None] + torch.arange(channels, device=device)
-    index = start[:, :, None, None] * (height * width) + plane[:, None]
-    return index, valid[:, None]
+    rows = (origin_y[:, None] + torch.arange(canvas_h, device=device)[None, :]).clamp(0, height - 1)
+    cols = (origin_x[:, None] + torch.arange(canvas_w, device=device)[None, :]).clamp(0, width - 1)
+    return rows, cols
+
+
+def canvas_validity(
+    shape: torch.Size, origin_y: torch.Tensor, origin_x: torch.Tensor, canvas_h: int, canvas_w: int
+) -> torch.Tensor:
+    """Which canvas pixels lie inside a ``(..., H, W)`` image: ``(B, 1, Hc, Wc)`` bool."""
+    height, width = shape[-2:]
+    device = origin_y.device
+    rows = origin_y[:, None] + torch.arange(canvas_h, device=device)[None, :]
+    cols = origin_x[:, None] + torch.arange(canvas_w, device=device)[None, :]
+    return (((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :])[:, None]
+
+
+def _per_sample(tensor: torch.Tensor) -> bool:
+    # On the CPU a loop of per-sample copies (contiguous rows, no index arithmetic) is several times
+    # faster than one gather or scatter over the batch; on a GPU the loop would cost a launch per sample.
+    return tensor.device.type == "cpu"
 
 
 def crop(images: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, canvas_h: int, canvas_w: int):
     """Windows of ``(B, C, H, W)`` images at per-sample origins -> ``(B, C, Hc, Wc)`` and validity
     ``(B, 1, Hc, Wc)`` bool (positions outside the image hold the nearest edge pixel)."""
-    index, valid = _canvas_index(images.shape, origin_y, origin_x, canvas_h, canvas_w)
-    return images.reshape(-1)[index], valid
+    if _per_sample(images):
+        windows = _crop_loop(images, origin_y, origin_x, canvas_h, canvas_w)
+    else:
+        windows = _crop_gather(images, *_clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w))
+    return windows, canvas_validity(images.shape, origin_y, origin_x, canvas_h, canvas_w)
+
+
+def _crop_gather(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``images[b, :, rows[b], :][..., cols[b]]`` for the batch at once: two gathers."""
+    batch, channels, _, width = images.shape
+    picked = images.gather(2, rows[:, None, :, None].expand(batch, channels, -1, width))
+    return picked.gather(3, cols[:, None, None, :].expand(batch, channels, rows.shape[1], -1))
+
+
+def _crop_loop(
+    images: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, canvas_h: int, canvas_w: int
+) -> torch.Tensor:
+    """The same windows as :func:`_crop_gather`, sample by sample: the part inside the image by one slice
+    copy, the rest by repeating its edge rows and columns (the nearest pixel, as clamped indices give)."""
+    height, width = images.shape[-2:]
+    out = images.new_empty(*images.shape[:2], canvas_h, canvas_w)
+    for n, (top, left) in enumerate(zip(origin_y.tolist(), origin_x.tolist())):
+        y0, y1 = max(top, 0), min(top + canvas_h, height)
+        x0, x1 = max(left, 0), min(left + canvas_w, width)
+        if y0 >= y1 or x0 >= x1:  # the window misses the image
+            rows, cols = _clamped_windows(images.shape, origin_y[n : n + 1], origin_x[n : n + 1], canvas_h, canvas_w)
+            out[n : n + 1] = _crop_gather(images[n : n + 1], rows, cols)
+            continue
+        window, c0, c1, d0, d1 = out[n], y0 - top, y1 - top, x0 - left, x1 - left
+        window[:, c0:c1, d0:d1] = images[n, :, y0:y1, x0:x1]
+        window[:, :c0, d0:d1] = window[:, c0 : c0 + 1, d0:d1]
+        window[:, c1:, d0:d1] = window[:, c1 - 1 : c1, d0:d1]
+        window[:, :, :d0] = window[:, :, d0 : d0 + 1]
+        window[:, :, d1:] = window[:, :, d1 - 1 : d1]
+    return out
 
 
 def paste(images: torch.Tensor, canvas: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor) -> torch.Tensor:
     """Copy of ``images (B, C, H, W)`` with ``canvas (B, C, Hc, Wc)`` written at per-sample origins;
     canvas pixels outside the image are dropped."""
+    return paste_(images.clone(), canvas, origin_y, origin_x)
+
+
+def paste_(
+    images: torch.Tensor,
+    canvas: torch.Tensor,
+    origin_y: torch.Tensor,
+    origin_x: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Write ``canvas (N, C, Hc, Wc)`` into ``images (B, C, H, W)`` in place at per-sample origins ``(N,)``,
+    canvas ``n`` into image ``rows[n]`` (default: image ``n``); canvas pixels outside the image are
+    dropped. Returns ``images``."""
+    if rows is None:
+        rows = torch.arange(canvas.shape[0], device=canvas.device)
+    canvas = canvas.to(images.dtype)
+    if _per_sample(images):
+        _paste_loop(images, canvas, origin_y, origin_x, rows)
+    else:
+        _paste_index(images, canvas, origin_y, origin_x, rows)
+    return images
+
+
+def _paste_loop(
+    images: torch.Tensor, canvas: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, rows: torch.Tensor
+) -> None:
+    """:func:`paste_` by one slice copy per sample of the part of its canvas inside the image."""
+    height, width = images.shape[-2:]
     canvas_h, canvas_w = canvas.shape[-2:]
-    index, valid = _canvas_index(images.shape, origin_y, origin_x, canvas_h, canvas_w)
-    dummy = images.numel()
-    index = torch.where(valid, index, dummy)
-    flat = torch.cat([images.reshape(-1), images.new_zeros(1)])
-    flat[index.reshape(-1)] = canvas.to(images.dtype).reshape(-1)
-    return flat[:dummy].reshape(images.shape)
+    for n, (row, top, left) in enumerate(zip(rows.tolist(), origin_y.tolist(), origin_x.tolist())):
+        y0, y1 = max(top, 0), min(top + canvas_h, height)
+        x0, x1 = max(left, 0), min(left + canvas_w, width)
+        if y0 < y1 and x0 < x1:
+            images[row, :, y0:y1, x0:x1] = canvas[n, :, y0 - top : y1 - top, x0 - left : x1 - left]
+
+
+def _paste_index(
+    images: torch.Tensor, canvas: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, rows: torch.Tensor
+) -> None:
+    """:func:`paste_` as one ``index_put_``, without a host sync.
+
+    Canvas pixels outside the image are clamped onto the edge pixel that a canvas pixel inside the image
+    also writes, and carry that pixel's value: the repeated writes agree, so their order does not matter.
+    A canvas that misses its image entirely writes the image's own values back.
+    """
+    channels, height, width = images.shape[1:]
+    canvas_h, canvas_w = canvas.shape[-2:]
+    image_rows, image_cols = _clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w)
+    local_rows = (image_rows - origin_y[:, None]).clamp(0, canvas_h - 1)[:, None, :, None]
+    local_cols = (image_cols - origin_x[:, None]).clamp(0, canvas_w - 1)[:, None, None, :]
+    sample = torch.arange(canvas.shape[0], device=canvas.device)[:, None, None, None]
+    channel = torch.arange(channels, device=canvas.device)[None, :, None, None]
+    index = (rows[:, None, None, None], channel, image_rows[:, None, :, None], image_cols[:, None, None, :])
+    values = canvas[sample, channel, local_rows, local_cols]
+    misses = (origin_y <= -canvas_h) | (origin_y >= height) | (origin_x <= -canvas_w) | (origin_x >= width)
+    values = torch.where(misses[:, None, None, None], images[index], values)
+    images.index_put_(index, values)

@@ -15,6 +15,10 @@ schedule:
 4. each chunk is solved by the torch CG loop (:mod:`cai_aug.poisson.pcg`) or by the CuPy kernels
    (:mod:`cai_aug.poisson.cupy_backend`), and its unknowns are scattered back.
 
+On the CPU, where the compiled solve of :mod:`cai_aug.poisson.cpu_kernel` builds, steps 2-4 are one call
+instead: it sets up, solves and writes back every sample on its own ROI, one sample at a time (same
+system, hierarchy and stopping rules as a bucket; the torch loop is its fallback).
+
 A sample's result does not depend on its batch companions: same ROI, same hierarchy, frozen when it
 has converged.
 """
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cai_aug.poisson import cupy_backend
+from cai_aug.poisson import cpu_kernel, cupy_backend
 from cai_aug.poisson import multigrid as mg
 from cai_aug.poisson.constants import MAX_PLANES
 from cai_aug.poisson.pcg import pcg
@@ -367,6 +371,18 @@ def _blend(
                     hc, wc, mode, rtol, atol, max_iter, solver,
                 )  # fmt: skip
 
+    def run_without_cupy() -> None:
+        if not cpu_kernel.enabled(work_dtype, device):
+            run(_solve_bucket_torch)
+            return
+        # the compiled CPU solve takes the whole batch in one call, sample by sample on its own ROI:
+        # no buckets, canvases or memory chunks to schedule (see cai_aug.poisson.cpu_kernel)
+        rois = [(i, y0s[i], x0s[i], hs[i], ws[i]) for i in todo]
+        it, rel = cpu_kernel.blend(t_work, s_work, omega, inside, out_work, rois, mode, rtol, atol, max_iter)
+        idx = torch.tensor(todo, dtype=torch.int64)
+        iterations[idx] = it.amax(dim=1)
+        residual[idx] = rel.amax(dim=1).to(residual.dtype)
+
     if use_cupy:
         try:
             run(cupy_backend.solve_bucket)
@@ -377,9 +393,9 @@ def _blend(
             # break the pipeline; groups are independent, so the torch path simply redoes them all
             cupy_backend.disable(exc)
             backend_name = "torch"
-            run(_solve_bucket_torch)
+            run_without_cupy()
     else:
-        run(_solve_bucket_torch)
+        run_without_cupy()
     if out_work is not out:
         out = out_work.to(target.dtype)
     return out, PoissonStats(iterations, residual, backend_name)

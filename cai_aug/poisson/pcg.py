@@ -12,6 +12,10 @@ Two stopping rules, per plane, whichever is met first:
 - ``atol`` (the fast mode, optional): the largest pixel change of the last step, ``|alpha| max|p|``,
   is below ``ATOL_STEP_FACTOR * atol`` (an estimate of the largest error left, calibrated against
   sparse direct solves: see :mod:`cai_aug.poisson.constants`).
+
+On the CPU (float32 / float64) the same algorithm runs compiled when the system's C++ compiler builds
+it (:mod:`cai_aug.poisson.cpu_kernel`, ``cpu_kernel.USE``); the torch loop below is its fallback and the
+CUDA path.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cai_aug.poisson import cpu_kernel
 from cai_aug.poisson import multigrid as mg
 from cai_aug.poisson.constants import ATOL_STEP_FACTOR, CHECK_EVERY, STOP_FACTOR
 from cai_aug.poisson.system import CanvasSystem
@@ -66,6 +71,9 @@ def pcg(
     Returns:
         ``x (N, C, h, w)``, iterations ``(N, C)`` and the true relative residual ``(N, C)``.
     """
+    if cpu_kernel.enabled(system.rhs.dtype, system.rhs.device):
+        # same algorithm and stopping rules, compiled (see cpu_kernel: 2-5x faster)
+        return cpu_kernel.pcg(system, rtol, max_iter, atol)
     if check_every is None:
         # a look at the flags costs a host sync on CUDA, next to nothing on the CPU
         check_every = CHECK_EVERY if system.rhs.device.type == "cuda" else 1

@@ -11,6 +11,9 @@ on ties, as in Pérez et al.).
 The operator is stored in the edge form of :mod:`cai_aug.poisson.multigrid`: per pixel an east and a
 south edge weight (1 between two unknowns) and a Dirichlet weight (the number of known in-image
 neighbours). Values are ``(N, C, h, w)``, weights ``(N, 1, h, w)``: all channels share one operator.
+
+``cpu_kernel.cpp`` (``blend``) sets up the same system for the compiled CPU solve: a change here must be
+made there too (tests/poisson/test_compiled.py compares the two).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from cai_aug.cli import main
 from cai_aug.io.demo_data import write_demo_bank, write_demo_normals
 
 REPO = Path(__file__).resolve().parents[2]
-KILLS = 3
+KILLS = 4
 
 
 def _argv(data: Path, out: Path) -> list[str]:
@@ -51,7 +51,7 @@ def _progress(out: Path) -> int:
 def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
     data = tmp_path / "data"
     write_demo_bank(data / "bank", per_class=2)
-    write_demo_normals(data / "normal", n=8, size=64, seed=1)
+    write_demo_normals(data / "normal", n=32, size=96, seed=1)
     assert main(_argv(data, tmp_path / "whole")) == 0
     want = _state(tmp_path / "whole")
 
@@ -68,7 +68,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
             # wait until this run writes, then kill it a random moment later (mid-file, mid-record...)
             while process.poll() is None and _progress(out) <= before and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(chooser.uniform(0.0, 0.15))
+            time.sleep(chooser.uniform(0.0, 0.1))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
         finally:

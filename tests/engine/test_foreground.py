@@ -89,3 +89,71 @@ def test_rembg_real_model_path():
     image, disc = _object_on_plain_background()
     found = resolve("rembg")(image)[0, 0]
     assert (found & disc).sum() / (found | disc).sum() > 0.5
+
+
+def _windows(mask, size, fill):
+    """Every ``size x size`` window of ``(B, H, W)`` numpy bool, padded with ``fill`` like the engine."""
+    import numpy as np
+
+    before, after = (size - 1) // 2, size // 2
+    padded = np.pad(mask, ((0, 0), (before, after), (before, after)), constant_values=fill)
+    return np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(1, 2))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 9])
+def test_erosion_is_the_all_over_a_square_window_with_outside_set(size):
+    import numpy as np
+
+    from cai_aug.engine.foreground import erode
+
+    mask = np.random.default_rng(size).random((2, 25, 31)) > 0.1
+    ours = erode(torch.from_numpy(mask)[:, None], size)[:, 0].numpy()
+    assert np.array_equal(ours, _windows(mask, size, True).all(axis=(-2, -1)))
+
+
+@pytest.mark.parametrize(("before", "after"), [(0, 0), (1, 1), (3, 4), (8, 8)])
+def test_box_count_equals_float_running_sums(before, after):
+    import torch.nn.functional as F
+
+    from cai_aug.engine.foreground import box_count
+
+    # the running-sum implementation box_count replaced (8, 8 is a 289-pixel window: int32 counts)
+    mask = torch.rand(2, 1, 23, 37, generator=torch.Generator().manual_seed(before)) > 0.5
+    counts = mask.float()
+    for dim in (-1, -2):
+        pad = [0, 0, 0, 0]
+        pad[0 if dim == -1 else 2], pad[1 if dim == -1 else 3] = before + 1, after
+        running = F.pad(counts, pad).cumsum(dim=dim)
+        size = counts.shape[dim]
+        counts = running.narrow(dim, before + after + 1, size) - running.narrow(dim, 0, size)
+    assert torch.equal(box_count(mask, before, after).float(), counts)
+
+
+@pytest.mark.parametrize("border", [2, 5, 40])
+def test_frame_pixels_are_the_pixels_of_the_border_frame(border):
+    from cai_aug.engine.foreground import frame_pixels
+
+    images = torch.rand(2, 3, 30, 41)
+    frame = torch.ones(30, 41, dtype=torch.bool)
+    frame[border:-border, border:-border] = False
+    ours = frame_pixels(images, border)
+    assert torch.equal(ours.sort(dim=2).values, images[:, :, frame].sort(dim=2).values)
+
+
+def test_colour_distance_equals_the_norm_of_the_difference():
+    from cai_aug.engine.foreground import colour_distance
+
+    images, colour = torch.rand(3, 3, 17, 19), torch.rand(3, 3)
+    expected = (images - colour[..., None, None]).square().sum(dim=1, keepdim=True).sqrt()
+    assert torch.equal(colour_distance(images, colour), expected)
+
+
+def test_square_bound_is_the_last_float_whose_square_root_stays_below_the_threshold():
+    from cai_aug.engine.foreground import square_bound
+
+    generator = torch.Generator().manual_seed(0)
+    threshold = torch.cat([torch.rand(50_000, generator=generator) * 2, torch.tensor([1e-3, 0.1, 0.5, 1.0, 3.0])])
+    bound = square_bound(threshold)
+    above = torch.nextafter(bound, torch.tensor(float("inf")))
+    # so sqrt(s) > threshold exactly when s > bound, for every float32 s
+    assert (bound.sqrt() <= threshold).all() and (above.sqrt() > threshold).all()

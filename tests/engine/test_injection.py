@@ -82,3 +82,14 @@ def test_region_stays_inside_the_image_and_empty_when_not_placed(demo_bank, demo
 
 def _origin(injection):
     return injection.origin_y, injection.origin_x
+
+
+def test_grey_images_are_those_with_equal_channels():
+    from cai_aug.engine.injection import grey_images
+
+    images = torch.rand(4, 3, 16, 16)
+    images[1] = images[1, :1]
+    images[2, 1] = images[2, 0]  # two equal channels of three: still colour
+    images[3] = 0.5
+    expected = (images[:, :1] == images[:, 1:]).flatten(1).all(dim=1)
+    assert grey_images(images).tolist() == [False, True, False, True] and torch.equal(grey_images(images), expected)

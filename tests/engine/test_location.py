@@ -87,3 +87,45 @@ def test_place_pattern_without_types_does_not_shrink():
         torch.tensor([1]), _square_foreground(), bbox, torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64)
     )
     assert not placement.found.any() and placement.ratio_prime.item() == 1.0
+
+
+def _pick_by_running_count_over_all_pixels(keys, valid):
+    """The implementation pick_uniform replaced: one running count over the flattened H x W pixels."""
+    from cai_aug.engine import rng
+
+    batch, _, cols = valid.shape
+    running = valid.reshape(batch, -1).long().cumsum(dim=1)
+    count = running[:, -1]
+    pick = rng.randint(keys, rng.Stream.LOCATION, count.clamp(min=1))
+    index = torch.searchsorted(running, (pick + 1)[:, None]).squeeze(1).clamp(max=running.shape[1] - 1)
+    index = torch.where(count > 0, index, 0)
+    return torch.stack([index // cols, index % cols], dim=1), count > 0
+
+
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.3, 1.0])
+def test_pick_uniform_equals_a_running_count_over_all_pixels(density):
+    valid = torch.rand(64, 13, 17, generator=torch.Generator().manual_seed(7)) < density
+    keys = torch.arange(64) * 7919
+    centre, found = pick_uniform(keys, valid)
+    expected_centre, expected_found = _pick_by_running_count_over_all_pixels(keys, valid)
+    assert torch.equal(found, expected_found) and torch.equal(centre, expected_centre)
+
+
+def test_pick_in_ranges_equals_pick_uniform_on_the_valid_centres():
+    from cai_aug.engine.location import centre_ranges, pick_in_ranges
+
+    foreground = torch.rand(32, 1, 20, 24, generator=torch.Generator().manual_seed(3)) > 0.6
+    height, width = torch.randint(1, 22, (32,)), torch.randint(1, 26, (32,))
+    keys = torch.arange(32) + 11
+    expected = pick_uniform(keys, valid_centres(foreground, height, width))
+    got = pick_in_ranges(keys, foreground, *centre_ranges(foreground.shape, height, width))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_row_counts_count_the_valid_centres_of_each_row():
+    from cai_aug.engine.location import centre_ranges, row_counts
+
+    foreground = torch.rand(5, 1, 20, 24, generator=torch.Generator().manual_seed(5)) > 0.4
+    height, width = torch.tensor([1, 5, 12, 20, 30]), torch.tensor([3, 24, 7, 1, 2])
+    expected = valid_centres(foreground, height, width).sum(dim=2)
+    assert torch.equal(row_counts(foreground, *centre_ranges(foreground.shape, height, width)), expected)

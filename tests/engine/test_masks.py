@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from scipy.ndimage import median_filter
 
@@ -28,3 +29,12 @@ def test_identical_images_give_an_empty_mask():
     image = torch.rand(1, 3, 16, 16)
     region = torch.ones(1, 1, 16, 16, dtype=torch.bool)
     assert not difference_mask(image, image.clone(), region, threshold=7 / 255).any()
+
+
+@pytest.mark.parametrize("size", [3, 5, 17])
+def test_majority_filter_equals_a_median_filter_at_other_sizes(size):
+    # 17 x 17 = 289 pixels: counts no longer fit in a byte
+    binary = np.random.default_rng(size).random((2, 41, 37)) > 0.5
+    ours = majority_filter(torch.from_numpy(binary)[:, None], size)[:, 0].numpy()
+    reference = np.stack([median_filter(b.astype(np.uint8), size=size, mode="constant") for b in binary]) > 0
+    assert np.array_equal(ours, reference)

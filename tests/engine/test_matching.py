@@ -189,3 +189,12 @@ def test_plan_without_stm_draws_r_prime_in_the_whole_range_and_reads_the_type_fr
     assert set(plan.source.tolist()) == {0, 1}
     assert plan.ratio_prime.min() >= 0.1 - 1e-9 and plan.ratio_prime.max() <= 1.0 + 1e-9
     assert torch.equal(plan.synthesis, source_type(plan.ratio_prime.float()).clamp(1, 3))
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_any_along_equals_any(dim):
+    from cai_aug.engine.matching import any_along
+
+    mask = torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(dim)) > 0.995
+    mask[0] = False
+    assert torch.equal(any_along(mask, dim), mask.any(dim=dim))

@@ -1,4 +1,7 @@
-"""The sub-lattice layout of the finest level (CPU) computes what the natural layout computes."""
+"""The sub-lattice layout of the finest level (CPU) computes what the natural layout computes.
+
+Both layouts belong to the torch CG loop: every test here runs it, not the compiled CPU solve.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,16 @@ import pytest
 import torch
 from test_poisson import batch_masks, disc, images, reference_blend, rel_error
 
+from cai_aug.poisson import cpu_kernel, poisson_blend
 from cai_aug.poisson import multigrid as mg
 from cai_aug.poisson import pcg as poisson_pcg
-from cai_aug.poisson import poisson_blend
 from cai_aug.poisson.system import assemble
+
+
+@pytest.fixture(autouse=True)
+def _torch_loop(monkeypatch):
+    """The torch CG loop solves, not the compiled CPU solve (the default wherever it builds)."""
+    monkeypatch.setattr(cpu_kernel, "USE", False)
 
 
 @pytest.fixture(autouse=True)

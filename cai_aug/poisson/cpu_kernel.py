@@ -1,0 +1,272 @@
+"""The compiled CPU solve (``cpu_kernel.cpp``): built with the system's C++ compiler on first use.
+
+Why: on the CPU the torch loop of :mod:`cai_aug.poisson.pcg` is bound by memory traffic (about 30
+full-array passes per CG iteration) and, for small patterns, by per-call overhead (dozens of tiny
+torch calls per multigrid level). The same algorithm written as one loop nest per (sample, channel)
+plane keeps a plane's arrays in the cache and has no per-call overhead (measured: see
+``benchmarks/speed/poisson_speed.py`` and the README).
+
+The library is compiled once per source version and machine into a cache folder (``CAI_AUG_CACHE``,
+else ``~/.cache/cai_aug``, else the temp folder: the first writable one) with ``g++``/``c++`` (``CXX``
+overrides), which adds about 3 s to the first solve of a process that finds no build there. Any
+failure (no compiler, no writable folder, a load error) logs once and leaves the torch loop in charge:
+same algorithm, same stopping rules, slower. ``CAI_AUG_POISSON_CPU_KERNEL=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from cai_aug.poisson import multigrid as mg
+from cai_aug.poisson.constants import ATOL_STEP_FACTOR, STOP_FACTOR
+from cai_aug.poisson.system import CanvasSystem
+
+__all__ = ["USE", "available", "blend", "enabled", "pcg"]
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
+# False: the CPU solves stay with the torch loop (tests of that loop, benchmarks against it)
+USE = True
+ENV_SWITCH = "CAI_AUG_POISSON_CPU_KERNEL"
+# -march=native: the cache key holds the CPU's identity, so a shared cache never hands one CPU's build
+# to another; the flag sets are tried in turn. No OpenMP runtime (only its simd pragmas): a second
+# runtime next to torch's is not fork-safe; threads are Python threads, see blend()
+_FLAG_SETS = (["-O3", "-march=native"], ["-O3"])
+_COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd"]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu_identity() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    keep = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep)
+
+
+def _cache_dirs() -> list[Path]:
+    """Where the library may be built, in order: ``CAI_AUG_CACHE``, ``~/.cache/cai_aug``, the temp folder."""
+    env = os.environ.get("CAI_AUG_CACHE")
+    dirs = [Path(env)] if env else []
+    try:
+        dirs.append(Path.home() / ".cache" / "cai_aug")
+    except RuntimeError:  # no home folder to be found
+        pass
+    return [*dirs, Path(tempfile.gettempdir()) / "cai_aug"]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (g++, c++ or $CXX)")
+    src = SOURCE.read_bytes()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(src + " ".join([cxx, *flags, *_COMMON]).encode() + _cpu_identity().encode()).hexdigest()
+        name = f"poisson_cpu_{key[:16]}.so"
+        built = [d / name for d in _cache_dirs() if (d / name).exists()]
+        lib_path = built[0] if built else None
+        if lib_path is None:
+            folder = next((d for d in _cache_dirs() if _writable(d)), None)
+            if folder is None:
+                raise RuntimeError("no writable cache folder for the compiled solver")
+            lib_path = folder / name
+            # build under a private name, then rename: concurrent processes never load a half-written file
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            os.close(fd)
+            cmd = [cxx, *flags, *_COMMON, str(SOURCE), "-o", tmp]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            except subprocess.TimeoutExpired:
+                done = None
+            if done is None or done.returncode != 0:
+                os.unlink(tmp)
+                errors.append(f"{' '.join(flags)}: {'timeout' if done is None else done.stderr.strip()[-300:]}")
+                continue
+            os.replace(tmp, lib_path)
+        try:
+            lib = ctypes.CDLL(str(lib_path))
+        except OSError as exc:  # e.g. an OpenMP runtime that links but does not load: the next flag set
+            errors.append(f"{' '.join(flags)}: {exc}")
+            continue
+        for symbol in ("cai_poisson_pcg_f32", "cai_poisson_pcg_f64"):
+            fn = getattr(lib, symbol)
+            fn.restype = None
+            fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 8 + [ctypes.c_double] * 4 + [
+                ctypes.c_int, ctypes.c_double, ctypes.c_int,
+            ]  # fmt: skip
+        for symbol in ("cai_poisson_blend_f32", "cai_poisson_blend_f64"):
+            fn = getattr(lib, symbol)
+            fn.restype = None
+            fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * 7 + [ctypes.c_int] + [ctypes.c_void_p] * 2 + [
+                ctypes.c_double] * 4 + [ctypes.c_int, ctypes.c_double, ctypes.c_int]  # fmt: skip
+        return lib
+    raise RuntimeError("compilation failed: " + " | ".join(errors))
+
+
+def _library() -> ctypes.CDLL | None:
+    if "lib" in _state:
+        return _state["lib"]  # type: ignore[return-value]
+    with _lock:
+        if "lib" not in _state:
+            try:
+                _state["lib"] = _build()
+            except Exception as exc:  # any failure: the torch path stays in charge
+                logger.info("cai_aug.poisson: compiled CPU solver unavailable (%s); using the torch loop", exc)
+                _state["lib"] = None
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def available() -> bool:
+    """Whether the compiled CPU solve can be used (builds it on the first call)."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return _library() is not None
+
+
+def enabled(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a CPU solve in ``dtype`` on ``device`` goes to the compiled code (``USE``, the switch, a build)."""
+    return USE and device.type == "cpu" and dtype in (torch.float32, torch.float64) and available()
+
+
+def pcg(
+    system: CanvasSystem, rtol: float, max_iter: int, atol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`cai_aug.poisson.pcg.pcg` on CPU float32 / float64 canvases, compiled (see the module)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the compiled CPU solver is not available")
+    b = system.rhs
+    if b.dtype not in (torch.float32, torch.float64) or b.device.type != "cpu":
+        raise ValueError(f"compiled CPU solver takes CPU float32 / float64, got {b.dtype} on {b.device}")
+    n, c, h, w = b.shape
+    arrays = [system.east, system.south, system.dirichlet, b]
+    east, south, dirichlet, b = (a.to(b.dtype).contiguous() for a in arrays)
+    guess = None if system.guess is None else system.guess.to(b.dtype).contiguous()
+    x = torch.empty_like(b)
+    iters = torch.zeros((n, c), dtype=torch.int64)
+    rel = torch.zeros((n, c), dtype=torch.float64)
+    fn = lib.cai_poisson_pcg_f32 if b.dtype == torch.float32 else lib.cai_poisson_pcg_f64
+    fn(
+        n, c, h, w, east.data_ptr(), south.data_ptr(), dirichlet.data_ptr(), b.data_ptr(),
+        None if guess is None else guess.data_ptr(), x.data_ptr(), iters.data_ptr(), rel.data_ptr(),
+        float(rtol), 0.0 if atol is None else float(atol), STOP_FACTOR, ATOL_STEP_FACTOR, int(max_iter),
+        mg.COARSE_SCALE, mg.DENSE_MAX,
+    )  # fmt: skip
+    return x, iters, rel.to(b.dtype)
+
+
+def blend(
+    target: torch.Tensor,
+    source: torch.Tensor,
+    omega: torch.Tensor,
+    inside: torch.Tensor | None,
+    out: torch.Tensor,
+    rois: list[tuple[int, int, int, int, int]],
+    mode: str,
+    rtol: float,
+    atol: float | None,
+    max_iter: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CPU schedule of :func:`cai_aug.poisson.poisson_blend` in one call: per sample its ROI becomes the
+    canvas, the system of :func:`cai_aug.poisson.system.assemble` is set up there, solved and its unknowns
+    written into ``out`` (in place), with no per-bucket torch work at all.
+
+    Args:
+        target, source: ``(B, C, H, W)`` float32 / float64 (the working dtype); out: the same, written.
+        omega, inside: ``(B, 1, H, W)`` bool (``inside`` may be ``None``: every pixel is in the image).
+        rois: ``(index, y0, x0, h, w)`` per sample to solve.
+
+    Returns:
+        iterations ``(len(rois), C)`` int64 and relative residuals ``(len(rois), C)`` (``out``'s dtype).
+    """
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the compiled CPU solver is not available")
+    c = target.shape[1]
+    # any strides: a permuted (channels-last) batch is read and written in place
+    arrays = (target, source, out, omega, omega if inside is None else inside)
+    strides = torch.tensor([a.stride() for a in arrays], dtype=torch.int64)
+    iters = torch.zeros((len(rois), c), dtype=torch.int64)
+    rel = torch.zeros((len(rois), c), dtype=torch.float64)
+    fn = lib.cai_poisson_blend_f32 if out.dtype == torch.float32 else lib.cai_poisson_blend_f64
+
+    def solve(part: list[int]) -> None:
+        table = torch.tensor([rois[k] for k in part], dtype=torch.int64).reshape(len(part), 5)
+        it, rl = torch.zeros((len(part), c), dtype=torch.int64), torch.zeros((len(part), c), dtype=torch.float64)
+        fn(
+            len(part), c, target.data_ptr(), source.data_ptr(), omega.data_ptr(),
+            None if inside is None else inside.data_ptr(), out.data_ptr(), strides.data_ptr(), table.data_ptr(),
+            int(mode == "mixed"), it.data_ptr(), rl.data_ptr(), float(rtol), 0.0 if atol is None else float(atol),
+            STOP_FACTOR, ATOL_STEP_FACTOR, int(max_iter), mg.COARSE_SCALE, mg.DENSE_MAX,
+        )  # fmt: skip
+        iters[part], rel[part] = it, rl
+
+    parts = _split(rois, min(torch.get_num_threads(), len(rois)))
+    if len(parts) <= 1:
+        solve(list(range(len(rois))))
+    else:
+        # samples write disjoint pixels and the call releases the GIL: the parts run on worker threads
+        # that persist across calls, so that each keeps its workspace (fresh threads would pay its page
+        # faults on every call: measured 2 threads slower than 1)
+        futures = [_executor(len(parts) - 1).submit(solve, part) for part in parts[1:]]
+        solve(parts[0])
+        for future in futures:
+            future.result()
+    return iters, rel.to(out.dtype)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """This process's worker threads (at least ``workers``); a forked child makes its own, as the parent's
+    threads do not exist there."""
+    pid, size, executor = _state.get("executor", (None, 0, None))
+    if executor is None or pid != os.getpid() or size < workers:
+        if executor is not None and pid == os.getpid():
+            executor.shutdown(wait=False)  # a larger one replaces it
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cai_aug_poisson")
+        _state["executor"] = (os.getpid(), workers, executor)
+    return executor  # type: ignore[return-value]
+
+
+def _split(rois: list[tuple[int, int, int, int, int]], n: int) -> list[list[int]]:
+    """Sample positions in ``n`` parts of about equal work (ROI area), largest first to the lightest part."""
+    if n <= 1:
+        return [list(range(len(rois)))]
+    loads = [0] * n
+    parts: list[list[int]] = [[] for _ in range(n)]
+    for k in sorted(range(len(rois)), key=lambda k: -rois[k][3] * rois[k][4]):
+        j = loads.index(min(loads))
+        parts[j].append(k)
+        loads[j] += rois[k][3] * rois[k][4]
+    return [sorted(p) for p in parts if p]

@@ -1,0 +1,57 @@
+"""Canvas transfers and source rendering: the CPU's per-sample paths equal the batched ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cai_aug.engine import resample
+
+
+def _origins(generator, batch, low, high):
+    return torch.randint(low, high, (batch,), generator=generator), torch.randint(
+        low, high, (batch,), generator=generator
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_crop_by_slices_equals_crop_by_gathers(dtype):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        images = torch.rand(3, 2, 21, 26, generator=generator)
+        images = images > 0.5 if dtype == torch.bool else images
+        canvas_h, canvas_w = (int(v) for v in torch.randint(1, 40, (2,), generator=generator))
+        origin_y, origin_x = _origins(generator, 3, -45, 30)  # inside, across the edges, and missing the image
+        rows, cols = resample._clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w)
+        expected = resample._crop_gather(images, rows, cols)
+        assert torch.equal(resample._crop_loop(images, origin_y, origin_x, canvas_h, canvas_w), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_paste_by_slices_equals_paste_by_index_put(dtype):
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        images = torch.rand(4, 3, 19, 23, generator=generator)
+        canvas_h, canvas_w = (int(v) for v in torch.randint(1, 36, (2,), generator=generator))
+        canvas = torch.rand(3, 3, canvas_h, canvas_w, generator=generator)
+        if dtype == torch.bool:
+            images, canvas = images > 0.5, canvas > 0.5
+        origin_y, origin_x = _origins(generator, 3, -40, 26)
+        rows = torch.randperm(4, generator=generator)[:3]  # canvas n goes into image rows[n]
+        by_slices, by_index = images.clone(), images.clone()
+        resample._paste_loop(by_slices, canvas, origin_y, origin_x, rows)
+        resample._paste_index(by_index, canvas, origin_y, origin_x, rows)
+        assert torch.equal(by_slices, by_index)
+
+
+def test_per_sample_rendering_equals_the_batch_over_each_pattern_and_its_pad(demo_bank):
+    storage = demo_bank.storage_on("cpu")
+    source = torch.tensor([0, 1, 2, 3])
+    height, width = torch.tensor([40, 7, 23, 1]), torch.tensor([12, 31, 23, 2])
+    pad = 10
+    canvas_h, canvas_w = int(height.max()) + 2 * pad, int(width.max()) + 2 * pad
+    image, mask = resample.render_patterns(storage, source, height, width, canvas_h, canvas_w, pad)
+    batch_image, batch_mask = resample._render(storage, source, height, width, canvas_h, canvas_w, pad)
+    assert torch.equal(mask, batch_mask)
+    for n, (h, w) in enumerate(zip(height.tolist(), width.tolist())):
+        assert torch.equal(image[n, :, : h + 2 * pad, : w + 2 * pad], batch_image[n, :, : h + 2 * pad, : w + 2 * pad])

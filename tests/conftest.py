@@ -89,21 +89,6 @@ def demo_targets():
     return demo_images(4, 96, seed=3)
 
 
-def count_cuda_syncs(fn) -> int:
-    """Host synchronisations torch reports while ``fn`` runs (``torch.cuda.set_sync_debug_mode``)."""
-    import warnings
-
-    previous = torch.cuda.get_sync_debug_mode()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -158,3 +143,15 @@ def cached_demo_bank(demo_bank_dir, monkeypatch):
 
     monkeypatch.setattr(demo_data, "write_demo_bank", copy)
     return demo_bank_dir
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_solver_tests(request: pytest.FixtureRequest):
+    """Solver tests run on one torch thread: on a shared 2-core machine, 2 threads can be 10x slower."""
+    if "poisson" not in request.node.path.parts:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,7 +2,7 @@
 synchronisations bounded per batch, not per sample."""
 
 import pytest
-from conftest import count_cuda_syncs
+from cuda_syncs import count_cuda_syncs
 
 from cai_aug import CAI
 from cai_aug.io.demo_data import demo_images

@@ -12,14 +12,6 @@ from test_poisson import disc, images, reference_blend, rel_error
 from cai_aug.poisson import PoissonStats, poisson_blend, poisson_blend_canvases
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cut(images_: torch.Tensor, oy: int, ox: int, ch: int, cw: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Canvas ``(C, ch, cw)`` of ``images_ (C, H, W)`` at origin ``(oy, ox)`` (may overhang) and its ``inside``."""
     c, h, w = images_.shape

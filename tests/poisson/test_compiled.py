@@ -16,14 +16,6 @@ from cai_aug.poisson.system import assemble
 needs_compiled = pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler: the torch loop solves")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _system(masks: np.ndarray, dtype: torch.dtype, mode: str = "normal", seed: int = 20):
     n, h, w = masks.shape
     t, s = images(n, 3, h, w, seed=seed)

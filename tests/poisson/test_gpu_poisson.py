@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import count_cuda_syncs
+from cuda_syncs import count_cuda_syncs
 from test_poisson import disc, images, reference_blend, rel_error
 
 from cai_aug.poisson import blend as poisson

@@ -22,14 +22,6 @@ def _torch_loop(monkeypatch):
     monkeypatch.setattr(cpu_kernel, "USE", False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_quarters_round_trip_and_place_pixels_by_sub_lattice() -> None:
     x = torch.arange(2 * 3 * 6 * 8, dtype=torch.float32).view(2, 3, 6, 8)
     q = mg.to_quarters(x)

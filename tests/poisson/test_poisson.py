@@ -13,16 +13,6 @@ from hypothesis import strategies as st
 from cai_aug.poisson import PoissonStats, poisson_blend
 from cai_aug.poisson import blend as poisson
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Solver tests run on one torch thread: on a shared 2-core machine, 2 threads can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------------
 # reference: the 5-point system built pixel pair by pixel pair, solved directly
 

@@ -16,14 +16,6 @@ from cai_aug.poisson import poisson_blend, poisson_blend_canvases
 VISIBLE = 1.0 / 255.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def star(h: int, w: int, cy: float, cx: float, r: float, phase: float = 0.3) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     theta = np.arctan2(yy - cy, xx - cx)

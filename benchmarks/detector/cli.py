@@ -18,13 +18,25 @@ from tqdm import tqdm
 from cai_aug.engine import rng
 
 from . import authenticity as auth
-from .data import LeakageError, check_leakage, image_size, list_images, load_image, load_mask, load_mvtec, resize_mask
+from .data import (
+    LeakageError,
+    check_leakage,
+    image_size,
+    list_images,
+    load_image,
+    load_mask,
+    load_mvtec,
+    resize_mask,
+    working_shape,
+)
 from .metrics import compute_all
-from .report import COLUMNS, bar_plot, contact_sheet, markdown, read_csv, write_csv
+from .report import COLUMNS, bar_plot, contact_sheet, map_sheet, markdown, read_csv, summary, write_csv
 from .synthesisers import DRAEM, NSA, CAISynth, CDMSynth, CutPaste, Synthesiser
-from .train import PRESETS, SELECTION, EvalSet, to_native, train_detector
+from .train import DEFAULT_SEEDS, PRESETS, SELECTION, EvalSet, to_native, train_detector
 
-BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem")
+BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem", "draem-anomalib")
+# harness-side CAI variants (ablations the engine has no option for yet): see synthesisers.CAIVariant
+_VARIANT_RE = re.compile(r"^(?P<base>cai-[nm])(?P<var>-x[2-9]|-grey)$")
 _CAI_RE = re.compile(r"^cai-(?P<mode>[nm])(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:@(?P<q>\d+:\d+:\d+))?$")
 
 
@@ -47,7 +59,17 @@ def parse_cai_name(name: str) -> dict | None:
 
 
 def valid_synth(name: str) -> bool:
-    return name in BASELINES or name in ("cdm", "real-kfold") or parse_cai_name(name) is not None
+    return (
+        name in BASELINES
+        or name in ("cdm", "real-kfold")
+        or parse_cai_name(name) is not None
+        or _VARIANT_RE.match(name) is not None
+    )
+
+
+def needs_bank(args: argparse.Namespace) -> bool:
+    cai = any(parse_cai_name(s) or _VARIANT_RE.match(s) for s in args.synths)
+    return cai or (any(s in ("draem", "draem-anomalib") for s in args.synths) and not args.draem_source)
 
 
 def build_synthesiser(name: str, args: argparse.Namespace, seed: int) -> Synthesiser:
@@ -58,8 +80,18 @@ def build_synthesiser(name: str, args: argparse.Namespace, seed: int) -> Synthes
     if name == "draem":
         source = Path(args.draem_source or args.bank)
         return DRAEM(list_images(source))
+    if name == "draem-anomalib":
+        from .anomalib_baseline import AnomalibPerlin
+
+        return AnomalibPerlin(args.draem_source or args.bank)
     if name == "cdm":
         return build_cdm(args, seed)
+    var = _VARIANT_RE.match(name)
+    if var:
+        from .synthesisers import CAIVariant
+
+        base = build_synthesiser(var["base"], args, seed)
+        return CAIVariant(name, base, var["var"].lstrip("-"))
     spec = parse_cai_name(name)
     if spec is None:
         raise ValueError(f"unknown synthesiser {name!r}")
@@ -119,17 +151,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train DRAEM's discriminative UNet on normal + pseudo-anomalous images from each "
         "synthesiser and evaluate it on the real test set (the CAI paper's benchmark).",
     )
-    p.add_argument("--data", help="MVTec-layout dataset (train/good, test/<defect>, ground_truth/<defect>)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        help="MVTec-layout dataset(s) (train/good, test/<defect>, ground_truth/<defect>), or a folder of "
+        "them: several domains run in one go, with one summary table across them",
+    )
     p.add_argument("--bank", help="anomaly bank folder (<class>/<id>.png + <id>_mask.png, MANIFEST.csv)")
     p.add_argument(
         "--synth",
         default="cai-n,cai-m,nsa-n,nsa-m,draem,cutpaste",
-        help="comma list: cai-n, cai-m, nsa-n, nsa-m, draem, cutpaste, real-kfold, cdm, "
-        "ablations cai-n-no-pe/-no-stm/-no-ils, quota variants like cai-n@6:2:2",
+        help="comma list: cai-n, cai-m, nsa-n, nsa-m, draem, draem-anomalib (anomalib's "
+        "PerlinAnomalyGenerator), cutpaste, real-kfold, cdm, ablations cai-n-no-pe/-no-stm/-no-ils, quota "
+        "variants like cai-n@6:2:2, harness-side variants cai-n-x3 (3 anomalies per image), cai-n-grey "
+        "(luminance-only injection)",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="smoke",
+        help="smoke: 64 px, 5 epochs (a pipeline check, cannot rank); crop: working resolution 256 px on the "
+        "long side (native when smaller), 128-px training crops holding the pseudo anomaly, whole test "
+        "images, cosine schedule, seeds 0,1,2 (about 3 min per synthesiser, seed and domain on 2 CPU "
+        "cores); paper: 256x256, width 64, 200 epochs",
+    )
+    p.add_argument("--seed", type=int, help="one seed (default 0; the crop preset runs 0,1,2)")
     p.add_argument("--seeds", help="comma list of seeds (overrides --seed), e.g. 0,1,2")
+    p.add_argument("--reference", default="cai-n", help="synthesiser the paired differences are taken to")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
     p.add_argument("--out", default="runs/unet_benchmark")
     g = p.add_mutually_exclusive_group()
@@ -171,12 +219,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--sheet", type=int, default=16, help="pseudo anomalies on each contact sheet")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in --out (per domain) and skip the synthesiser x seed runs they hold",
+    )
     args = p.parse_args(argv)
     args.synths = _csv_list(args.synth) or []
     args.classes = _csv_list(args.classes)
     args.bank_exclude = _csv_list(args.bank_exclude)
     args.dataset_names = _csv_list(args.dataset_name)
-    args.seed_list = [int(s) for s in _csv_list(args.seeds)] if args.seeds else [args.seed]
+    if args.seeds:
+        args.seed_list = [int(s) for s in _csv_list(args.seeds)]
+    elif args.seed is not None:
+        args.seed_list = [args.seed]
+    else:
+        args.seed_list = list(DEFAULT_SEEDS.get(args.preset, (0,)))
     if args.eval_only:
         return args
     if not args.data:
@@ -184,12 +242,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [s for s in args.synths if not valid_synth(s)]
     if bad:
         p.error(f"unknown synthesiser(s) {bad}")
-    needs_bank = any(parse_cai_name(s) for s in args.synths) or ("draem" in args.synths and not args.draem_source)
-    if needs_bank and not args.bank:
+    if needs_bank(args) and not args.bank:
         p.error("--bank is required for CAI (and for DRAEM without --draem-source)")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
+
+
+def expand_data(paths: list[str]) -> list[Path]:
+    """The MVTec-layout folders named by ``--data``: each path is one (it has ``train/good``) or a folder
+    whose sub-folders with ``train/good`` are (sorted by name)."""
+    out: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if (path / "train" / "good").is_dir():
+            out.append(path)
+            continue
+        subs = sorted(p for p in path.iterdir() if (p / "train" / "good").is_dir()) if path.is_dir() else []
+        if not subs:
+            raise FileNotFoundError(f"{path} is neither an MVTec-layout folder nor a folder of them")
+        out.extend(subs)
+    names = [domain_name(p) for p in out]
+    if len(set(names)) != len(names):
+        raise FileNotFoundError(f"two --data folders share a name: {names}")
+    return out
+
+
+def domain_name(path: Path) -> str:
+    return Path(path).resolve().name
 
 
 def resolve_preset(args: argparse.Namespace):
@@ -220,24 +300,33 @@ def _map_name(rel: str) -> str:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
+    """One domain: its images at the working resolution, and the runs of every synthesiser and seed."""
+
+    def __init__(self, args: argparse.Namespace, data_root: str | Path | None = None, out: Path | None = None) -> None:
         self.args = args
         self.preset = resolve_preset(args)
         self.device = torch.device(args.device)
-        self.out = Path(args.out)
+        self.out = Path(out or args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = not args.quiet
-        self.data = load_mvtec(args.data)
+        self.data = load_mvtec(data_root or expand_data(args.data)[0])
+        self.domain = domain_name(self.data.root)
         S = self.preset.size
+        # the working resolution: S x S (paper, smoke), or S on the long side with the aspect kept and
+        # never above native (crop); every image of the domain is brought to the first one's
+        self.shape = working_shape(image_size(self.data.train[0]), S) if self.preset.keep_aspect else (S, S)
+        shape = self.shape
         self.image_keys = [p.relative_to(self.data.root).as_posix() for p in self.data.train]
         self.normals = torch.stack(
-            [load_image(p, S) for p in tqdm(self.data.train, desc="load train", disable=not self.progress)]
+            [load_image(p, shape) for p in tqdm(self.data.train, desc="load train", disable=not self.progress)]
         )
         test = self.data.test
-        images = torch.stack([load_image(t.image, S) for t in tqdm(test, desc="load test", disable=not self.progress)])
+        images = torch.stack(
+            [load_image(t.image, shape) for t in tqdm(test, desc="load test", disable=not self.progress)]
+        )
         masks = [load_mask(t.mask) if t.mask is not None else None for t in test]
         shapes = [m.shape if m is not None else image_size(t.image) for m, t in zip(masks, test)]
-        low = [resize_mask(m, S)[0].numpy() > 0 if m is not None else None for m in masks]
+        low = [resize_mask(m, shape)[0].numpy() > 0 if m is not None else None for m in masks]
         self.evalset = EvalSet(images, low, masks, [tuple(s) for s in shapes])
         self.anom_idx = [i for i, t in enumerate(test) if t.mask is not None]
         self.good_idx = [i for i, t in enumerate(test) if t.mask is None]
@@ -310,6 +399,7 @@ class Bench:
     def _row(self, name, seed, kind, epoch, metrics, extra) -> dict:
         p = self.preset
         row = {
+            "domain": self.domain,
             "synth": name,
             "seed": seed,
             "kind": kind,
@@ -317,7 +407,7 @@ class Bench:
             **metrics,
             **extra,
             "preset": self.args.preset,
-            "size": p.size,
+            "size": "x".join(map(str, self.shape)),
             "epochs": p.epochs,
             "width": p.width,
         }
@@ -325,6 +415,7 @@ class Bench:
         return row
 
     def run_synth(self, name: str, seed: int) -> None:
+        c_job = time.process_time()
         synth = build_synthesiser(name, self.args, seed)
         x, y, s_per_img = self.synthesise(synth, seed)
         folder = self.out / name / f"seed{seed}"
@@ -344,6 +435,7 @@ class Bench:
         normals_u8 = (self.normals * 255).round().to(torch.uint8)
         train_x = torch.cat([normals_u8, x])
         train_y = torch.cat([torch.zeros(len(normals_u8), 1, *normals_u8.shape[-2:], dtype=torch.uint8), y])
+        t_job = time.perf_counter()
         res = train_detector(
             train_x,
             train_y,
@@ -356,7 +448,18 @@ class Bench:
             progress=self.progress,
         )
         extra["train_s"] = res.train_s
-        write_csv(res.history, folder / "history.csv", list(res.history[0]))
+        write_csv(res.history, folder / "history.csv", list(dict.fromkeys(k for r in res.history for k in r)))
+        show = self.anom_idx[:: max(1, len(self.anom_idx) // 8)][:8]
+        map_sheet(
+            self.evalset.images[show],
+            [self.evalset.masks_low[i] for i in show],
+            res.best_maps[show],
+            folder / "maps_sheet.png",
+            f"{self.domain} {name} seed {seed}: test image | ground truth | map (best epoch {res.best_epoch})",
+        )
+        if seed == self.args.seed_list[0]:
+            sheets = self.out / "contact_sheets"
+            (sheets / f"{name}_maps.png").write_bytes((folder / "maps_sheet.png").read_bytes())
         dtype = np.dtype(self.args.map_dtype)
         items = list(range(len(self.data.test)))
         for kind, maps, epoch in (
@@ -372,6 +475,10 @@ class Bench:
                 {"synth": name, "seed": seed, "kind": kind, "epoch": epoch},
             )
             self._row(name, seed, kind, epoch, metrics, extra)
+        wall = time.perf_counter() - t_job + s_per_img * len(x)
+        for r in self.rows[-2:]:
+            r["wall_s"] = wall
+            r["cpu_s"] = time.process_time() - c_job  # all threads of this process: the quiet-machine cost
 
     def run_real_kfold(self, seed: int) -> None:
         """Upper bound: normals + real test defects of k-1 folds; evaluate on the held-out fold + all
@@ -390,7 +497,6 @@ class Bench:
         splitter = (StratifiedKFold if stratified else KFold)(n_splits=k, shuffle=True, random_state=seed)
         n_target = len(assignment(len(self.normals), p.per_image, self.args.total))
         normals_u8 = (self.normals * 255).round().to(torch.uint8)
-        S = p.size
         per_kind = {"best": ([], [], [], []), "last": ([], [], [], [])}  # maps, items, folds, metrics
         folder = self.out / name / f"seed{seed}"
         train_s = 0.0
@@ -410,7 +516,7 @@ class Bench:
             )
             res = train_detector(
                 torch.cat([normals_u8, xr]),
-                torch.cat([torch.zeros(len(normals_u8), 1, S, S, dtype=torch.uint8), yr]),
+                torch.cat([torch.zeros(len(normals_u8), 1, *self.shape, dtype=torch.uint8), yr]),
                 sub,
                 p,
                 seed,
@@ -454,23 +560,41 @@ class Bench:
                 },
             )
 
+    def resume(self) -> None:
+        """Take the rows of an earlier run into this folder's ``results.csv`` (``--resume``)."""
+        path = self.out / "results.csv"
+        if path.exists():
+            self.rows = [r for r in read_csv(path) if r.get("synth")]
+            for r in self.rows:
+                r.setdefault("domain", self.domain)
+                r["domain"] = r["domain"] or self.domain
+
+    def done(self, name: str, seed: int) -> bool:
+        return any(r["synth"] == name and str(r["seed"]) == str(seed) for r in self.rows)
+
+    def run_one(self, name: str, seed: int) -> None:
+        if self.done(name, seed):
+            print(f"[unet_benchmark] {self.domain}: {name} seed {seed} already done (--resume)", file=sys.stderr)
+            return
+        print(f"[unet_benchmark] {self.domain}: {name} seed {seed}", file=sys.stderr, flush=True)
+        if name == "real-kfold":
+            self.run_real_kfold(seed)
+        else:
+            self.run_synth(name, seed)
+        self.write_reports()
+
     def run(self) -> list[dict]:
         for seed in self.args.seed_list:
             for name in self.args.synths:
-                print(f"[unet_benchmark] {name} seed {seed}", file=sys.stderr, flush=True)
-                if name == "real-kfold":
-                    self.run_real_kfold(seed)
-                else:
-                    self.run_synth(name, seed)
-                self.write_reports()
+                self.run_one(name, seed)
         return self.rows
 
     def write_reports(self) -> None:
         write_csv(self.rows, self.out / "results.csv")
-        md = markdown(self.rows)
+        md = markdown(self.rows, self.args.reference)
         header = (
-            f"# UNet benchmark\n\ndata: `{self.args.data}`, preset `{self.args.preset}` "
-            f"({self.preset}), device `{self.args.device}`\n\n"
+            f"# UNet benchmark\n\ndata: `{self.data.root}` (working resolution {self.shape[0]}x{self.shape[1]}), "
+            f"preset `{self.args.preset}` ({self.preset}), device `{self.args.device}`\n\n"
         )
         (self.out / "results.md").write_text(header + md)
         if self.rows:
@@ -530,24 +654,59 @@ def _main(args: argparse.Namespace) -> int:
         write_csv(rows, out / "results_eval_only.csv", [c for c in COLUMNS if c in rows[0]])
         print(markdown(rows))
         return 0
-    needs_bank = any(parse_cai_name(s) for s in args.synths) or ("draem" in args.synths and not args.draem_source)
-    if needs_bank:
-        try:
-            names = check_leakage(args.bank, args.data, args.dataset_names, args.bank_exclude)
-            print(f"[unet_benchmark] leakage guard: bank has no entries of {names}", file=sys.stderr)
-        except LeakageError as exc:
-            if not args.force:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            print(f"warning (--force): {exc}", file=sys.stderr)
-    bench = Bench(args)
-    bench.run()
-    print(markdown(bench.rows))
-    print(
-        f"[unet_benchmark] wrote {bench.out}/results.csv, results.md, bars.png, contact_sheets/",
-        file=sys.stderr,
-    )
+    try:
+        args.domains = expand_data(args.data)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if needs_bank(args):
+        for root in args.domains:
+            try:
+                names = check_leakage(args.bank, root, args.dataset_names, args.bank_exclude)
+                print(f"[unet_benchmark] leakage guard: bank has no entries of {names}", file=sys.stderr)
+            except LeakageError as exc:
+                if not args.force:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
+                print(f"warning (--force): {exc}", file=sys.stderr)
+    out = Path(args.out)
+    if len(args.domains) == 1:
+        bench = Bench(args)
+        if args.resume:
+            bench.resume()
+        bench.run()
+        print(markdown(bench.rows, args.reference))
+        print(
+            f"[unet_benchmark] wrote {bench.out}/results.csv, results.md, bars.png, contact_sheets/",
+            file=sys.stderr,
+        )
+        return 0
+    # several domains: seeds outermost, so an interrupted run still has every domain at the first seeds
+    benches = [Bench(args, root, out / domain_name(root)) for root in args.domains]
+    if args.resume:
+        for bench in benches:
+            bench.resume()
+    t0 = time.perf_counter()
+    for seed in args.seed_list:
+        for bench in benches:
+            for name in args.synths:
+                bench.run_one(name, seed)
+                rows = [r for b in benches for r in b.rows]
+                write_csv(rows, out / "results.csv")
+                summary(rows, out, args.reference, header=_summary_header(args, benches, time.perf_counter() - t0))
+    print((out / "summary.md").read_text())
+    print(f"[unet_benchmark] wrote {out}/summary.md, summary.csv, summary_bars.png, */", file=sys.stderr)
     return 0
+
+
+def _summary_header(args: argparse.Namespace, benches: list[Bench], wall: float) -> str:
+    p = benches[0].preset
+    shapes = ", ".join(f"{b.domain} {b.shape[0]}x{b.shape[1]}" for b in benches)
+    return (
+        f"# UNet benchmark across {len(benches)} domains\n\npreset `{args.preset}` ({p}); working resolution: "
+        f"{shapes}; device `{args.device}`, {args.threads} thread(s); wall time of this invocation so far "
+        f"{wall / 60:.1f} min (runs taken over with --resume not counted)\n\n"
+    )
 
 
 __all__ = ["main", "parse_args", "eval_only", "read_csv"]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cai_aug.io.images import is_image_file
+from cai_aug.io.images import list_images
 
 
 @dataclass
@@ -32,24 +32,20 @@ class MVTecData:
         return [t for t in self.test if t.mask is not None]
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p) and not p.stem.endswith("_mask"))
-
-
 def load_mvtec(root: str | Path) -> MVTecData:
     """``train/good/*``, ``test/<defect>/*``, ``ground_truth/<defect>/<stem>_mask.png``."""
     root = Path(root)
     train_dir = root / "train" / "good"
     if not train_dir.is_dir():
         raise FileNotFoundError(f"{train_dir} is missing: --data must be an MVTec-layout folder")
-    data = MVTecData(root=root, train=_images(train_dir))
+    data = MVTecData(root=root, train=list_images(train_dir))
     if not data.train:
         raise FileNotFoundError(f"no images in {train_dir}")
     test_dir = root / "test"
     if not test_dir.is_dir():
         raise FileNotFoundError(f"{test_dir} is missing: --data must be an MVTec-layout folder")
     for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        for img in _images(defect_dir):
+        for img in list_images(defect_dir):
             if defect_dir.name == "good":
                 data.test.append(TestItem(img, None, "good"))
                 continue
@@ -62,12 +58,24 @@ def load_mvtec(root: str | Path) -> MVTecData:
     return data
 
 
-def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """RGB float tensor ``(3,H,W)`` in [0,1], resized (antialiased bicubic) to ``size`` x ``size``."""
+def working_shape(shape: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """``(h, w)`` with the long side ``long_side`` and the aspect kept; ``shape`` itself when smaller."""
+    h, w = shape
+    scale = min(1.0, long_side / max(h, w))
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """RGB float tensor ``(3,H,W)`` in [0,1], resized (antialiased bicubic) to ``size`` x ``size``
+    (or to ``size = (h, w)``)."""
     with Image.open(path) as im:
         im = im.convert("RGB")
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC, reducing_gap=None)
+        if size is not None and im.size != _hw(size)[::-1]:
+            im = im.resize(_hw(size)[::-1], Image.BICUBIC, reducing_gap=None)
         arr = np.asarray(im, dtype=np.float32) / 255.0
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).clamp_(0, 1)
 
@@ -82,28 +90,23 @@ def load_mask(path: str | Path | None, shape: tuple[int, int] | None = None) -> 
         return np.asarray(im.convert("L")) > 0
 
 
-def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """``(1,size,size)`` float {0,1}: a pixel is anomalous if any source pixel under it is (keeps thin
-    defects at low resolution)."""
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """``(1,h,w)`` float {0,1} (``size`` = h = w, or ``(h, w)``): a pixel is anomalous if any source
+    pixel under it is (keeps thin defects at low resolution)."""
+    h, w = _hw(size)
     t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    if t.shape[-1] >= size and t.shape[-2] >= size:
-        out = torch.nn.functional.adaptive_max_pool2d(t, (size, size))
+    if tuple(t.shape[-2:]) == (h, w):
+        out = t
+    elif t.shape[-1] >= w and t.shape[-2] >= h:
+        out = torch.nn.functional.adaptive_max_pool2d(t, (h, w))
     else:
-        out = torch.nn.functional.interpolate(t, size=(size, size), mode="nearest")
+        out = torch.nn.functional.interpolate(t, size=(h, w), mode="nearest")
     return (out[0] > 0).float()
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     with Image.open(path) as im:
         return im.size[1], im.size[0]
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """All images below ``folder`` (recursively), masks (``*_mask.*``) excluded."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.stem.endswith("_mask"))
 
 
 # ----------------------------------------------------------------------------------------- leakage guard

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 METRIC_COLS = ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
-EXTRA_COLS = ("detectability", "seam_ratio", "fid", "kid", "synth_s_per_image", "train_s")
+EXTRA_COLS = ("detectability", "seam_ratio", "fid", "kid", "synth_s_per_image", "train_s", "wall_s", "cpu_s")
 HEAD = {
     "pixel_auroc": "pixel AUROC",
     "pixel_ap": "pixel AP",
@@ -25,9 +25,12 @@ HEAD = {
     "kid": "KID",
     "synth_s_per_image": "synth s/img",
     "train_s": "train s",
+    "wall_s": "wall s",
+    "cpu_s": "CPU s",
 }
 UPPER_BOUND = ("real-kfold",)
 COLUMNS = (
+    "domain",
     "synth",
     "seed",
     "kind",
@@ -85,6 +88,34 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, len(vals)
 
 
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """``(mean, low, high, n)``: the two-sided Student-t confidence interval of the mean of ``values``
+    (finite ones), ``mean ± t_{(1+c)/2, n-1} · s / sqrt(n)`` with ``s`` the sample std; for paired
+    differences over seeds this is the paired t interval. ``low``/``high`` are NaN when n < 2."""
+    from scipy import stats
+
+    vals = np.array([_num(v) for v in values], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    n = len(vals)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(vals.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(vals.std(ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def _ci_cell(values: Sequence[float], digits: int = 1) -> str:
+    m, lo, hi, n = t_interval(values)
+    if n == 0:
+        return "–"
+    if n < 2:
+        return f"{m:+.{digits}f}"
+    star = "*" if lo > 0 or hi < 0 else ""
+    return f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}"
+
+
 def _cell(values: Sequence[float], digits: int = 1) -> str:
     m, s, n = mean_std(values)
     if n == 0:
@@ -136,8 +167,10 @@ def markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
         ref = {str(r["seed"]): r for r in sub if r["synth"] == reference}
         if ref and len(synths) > 1:
             out.append(
-                f"Paired difference to {reference} ({kind} epoch; baseline − {reference}, per seed, "
-                "then mean ± std; negative = worse than " + reference + "):\n"
+                f"Paired difference to {reference} ({kind} epoch; baseline − {reference}, per seed, then "
+                "mean [95% t interval over seeds: mean ± t(0.975, n−1)·s/√n]; negative = worse than "
+                + reference
+                + "; * = interval excludes 0):\n"
             )
             out.append("| synthesiser | " + " | ".join(HEAD[c] for c in METRIC_COLS) + " |")
             out.append("|---" * (len(METRIC_COLS) + 1) + "|")
@@ -150,7 +183,7 @@ def markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
                         for c in METRIC_COLS:
                             diffs[c].append(_num(r[c]) - _num(ref[str(r["seed"])][c]))
                 if diffs:
-                    out.append(f"| {s} | " + " | ".join(_cell(diffs[c]) for c in METRIC_COLS) + " |")
+                    out.append(f"| {s} | " + " | ".join(_ci_cell(diffs[c]) for c in METRIC_COLS) + " |")
             out.append("")
     return "\n".join(out)
 
@@ -199,18 +232,24 @@ def contact_sheet(
     tiles = []
     for img, mask in zip(images, masks):
         a = (img.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        a = cv2.resize(a, (tile, tile), interpolation=cv2.INTER_NEAREST if a.shape[0] < tile else cv2.INTER_AREA)
+        tw = max(1, int(round(tile * a.shape[1] / a.shape[0])))  # the aspect is kept
+        a = cv2.resize(a, (tw, tile), interpolation=cv2.INTER_NEAREST if a.shape[0] < tile else cv2.INTER_AREA)
         m = cv2.resize(
             (mask[0].detach().cpu().numpy() > 0).astype(np.uint8),
-            (tile, tile),
+            (tw, tile),
             interpolation=cv2.INTER_NEAREST,
         )
         b = a.copy()
         contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(b, contours, -1, (255, 0, 0), 1)
         tiles.append(np.concatenate([a, np.full((tile, 2, 3), 255, np.uint8), b], axis=1))
+    _save_sheet(tiles, path, title, cols // 2)
+
+
+def _save_sheet(tiles: list[np.ndarray], path: str | Path, title: str, per_row: int) -> None:
     if not tiles:
         return
+    cols = 2 * per_row
     rows = []
     for i in range(0, len(tiles), cols // 2):
         row = tiles[i : i + cols // 2]
@@ -223,3 +262,229 @@ def contact_sheet(
         sheet = np.concatenate([bar, sheet], axis=0)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def map_sheet(
+    images: torch.Tensor,
+    masks: Sequence[np.ndarray | None],
+    maps: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    tile: int = 160,
+) -> None:
+    """What the detector sees on real defects: each test image, with its ground truth outlined in red,
+    and its anomaly map (0 black ... 1 white, ground truth outlined in red), side by side, two per row."""
+    tiles = []
+    for img, mask, amap in zip(images, masks, maps):
+        a = (img.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        tw = max(1, int(round(tile * a.shape[1] / a.shape[0])))
+        interp = cv2.INTER_NEAREST if a.shape[0] < tile else cv2.INTER_AREA
+        a = cv2.resize(a, (tw, tile), interpolation=interp)
+        heat = cv2.resize((np.clip(np.asarray(amap, np.float32), 0, 1) * 255).astype(np.uint8), (tw, tile))
+        heat = cv2.applyColorMap(heat, cv2.COLORMAP_INFERNO)[..., ::-1].copy()
+        b = a.copy()
+        if mask is not None:
+            m = cv2.resize(np.asarray(mask, np.uint8), (tw, tile), interpolation=cv2.INTER_NEAREST)
+            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(b, contours, -1, (255, 0, 0), 1)
+            cv2.drawContours(heat, contours, -1, (0, 255, 255), 1)
+        gap = np.full((tile, 2, 3), 255, np.uint8)
+        tiles.append(np.concatenate([a, gap, b, gap, heat], axis=1))
+    _save_sheet(tiles, path, title, 2)
+
+
+# ------------------------------------------------------------------------------------ across domains
+
+
+def _domain_order(rows: Sequence[dict]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        if r["domain"] not in seen:
+            seen.append(r["domain"])
+    return seen
+
+
+def _seed_mean(rows: Sequence[dict], domain: str, synth: str, col: str) -> float:
+    return mean_std([r[col] for r in rows if r["domain"] == domain and r["synth"] == synth])[0]
+
+
+def mean_ranks(rows: Sequence[dict], col: str = "pixel_ap") -> dict[str, float]:
+    """Per domain, rank the synthesisers by their seed-mean ``col`` (1 = best, ties share the mean rank;
+    upper bounds not ranked), then average each synthesiser's rank over the domains. Only synthesisers
+    that ran on every domain are ranked (a partial one would shift the others' ranks on some domains)."""
+    from scipy.stats import rankdata
+
+    domains = _domain_order(rows)
+    complete = [
+        s
+        for s in _order(rows)
+        if s not in UPPER_BOUND and all(any(r["synth"] == s and r["domain"] == d for r in rows) for d in domains)
+    ]
+    ranks: dict[str, list[float]] = defaultdict(list)
+    for d in domains:
+        synths = complete
+        vals = [_seed_mean(rows, d, s, col) for s in synths]
+        keep = [(s, v) for s, v in zip(synths, vals) if np.isfinite(v)]
+        if not keep:
+            continue
+        rk = rankdata([-v for _, v in keep], method="average")
+        for (s, _), r in zip(keep, rk):
+            ranks[s].append(float(r))
+    return {s: float(np.mean(v)) for s, v in ranks.items()}
+
+
+def domain_mean_diffs(rows: Sequence[dict], synth: str, reference: str, col: str) -> list[float]:
+    """Per seed that both ran on every domain: the mean over domains of ``synth − reference``."""
+    domains = _domain_order(rows)
+    out = []
+    seeds = sorted({str(r["seed"]) for r in rows})
+    for seed in seeds:
+        diffs = []
+        for d in domains:
+            a = [r for r in rows if r["domain"] == d and r["synth"] == synth and str(r["seed"]) == seed]
+            b = [r for r in rows if r["domain"] == d and r["synth"] == reference and str(r["seed"]) == seed]
+            if not a or not b:
+                break
+            diffs.append(_num(a[0][col]) - _num(b[0][col]))
+        else:
+            out.append(float(np.mean(diffs)))
+    return out
+
+
+def summary_markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
+    """One table across domains per epoch kind: mean over domains and per-domain pixel AP (each a mean
+    over seeds), mean PRO, pixel AUROC, image AUROC, the mean rank by pixel AP; then each synthesiser's
+    paired difference to ``reference`` with 95 % t intervals over seeds."""
+    out = []
+    domains = _domain_order(rows)
+    synths = _order(rows)
+    for kind in ("best", "last"):
+        sub = [r for r in rows if r["kind"] == kind]
+        if not sub:
+            continue
+        seeds = sorted({str(r["seed"]) for r in sub})
+        ranks = mean_ranks(sub)
+        out.append(
+            f"**{kind} epoch** across {len(domains)} domains (seeds {', '.join(seeds)}; metrics in %; each cell "
+            "the mean over seeds, ± std over seeds for a single domain; means over domains of those means; mean rank: "
+            "by pixel AP on each domain, among the synthesisers run on every domain)\n"
+        )
+        head = ["mean pixel AP", *(f"{d} AP" for d in domains), "mean PRO", "mean pixel AUROC"]
+        head += ["mean image AUROC", "mean rank (AP)", "seeds"]
+        out.append("| synthesiser | " + " | ".join(head) + " |")
+        out.append("|---" * (len(head) + 1) + "|")
+        for s in synths:
+            rs = [r for r in sub if r["synth"] == s]
+            if not rs:
+                continue
+            per = {c: [_seed_mean(sub, d, s, c) for d in domains] for c in METRIC_COLS}
+
+            def mean_of(c, per=per):
+                v = [x for x in per[c] if np.isfinite(x)]
+                return f"{np.mean(v):.1f}" if len(v) == len(domains) else "–"
+
+            cells = [mean_of("pixel_ap")]
+            cells += [_cell([r["pixel_ap"] for r in rs if r["domain"] == d]) for d in domains]
+            cells += [mean_of("pro"), mean_of("pixel_auroc"), mean_of("image_auroc")]
+            cells += [f"{ranks[s]:.2f}" if s in ranks else "–"]
+            cells += [",".join(sorted({str(r["seed"]) for r in rs}))]
+            name = f"{s} (upper bound, not ranked)" if s in UPPER_BOUND else s
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+        if any(r["synth"] == reference for r in sub):
+            out.append(
+                f"Paired difference to {reference} ({kind} epoch): synthesiser − {reference} per seed, mean "
+                "[95% t interval over seeds, mean ± t(0.975, n−1)·s/√n]; the mean over domains is taken per seed "
+                "first (seeds run on every domain); * = interval excludes 0\n"
+            )
+            head = ["pixel AP, mean of domains", *(f"{d} AP" for d in domains), "PRO, mean of domains"]
+            head += ["pixel AUROC, mean of domains"]
+            out.append("| synthesiser | " + " | ".join(head) + " |")
+            out.append("|---" * (len(head) + 1) + "|")
+            for s in synths:
+                if s == reference or s in UPPER_BOUND:
+                    continue
+                cells = [_ci_cell(domain_mean_diffs(sub, s, reference, "pixel_ap"))]
+                for d in domains:
+                    ref = {str(r["seed"]): r for r in sub if r["domain"] == d and r["synth"] == reference}
+                    diffs = [
+                        _num(r["pixel_ap"]) - _num(ref[str(r["seed"])]["pixel_ap"])
+                        for r in sub
+                        if r["domain"] == d and r["synth"] == s and str(r["seed"]) in ref
+                    ]
+                    cells.append(_ci_cell(diffs))
+                cells += [_ci_cell(domain_mean_diffs(sub, s, reference, c)) for c in ("pro", "pixel_auroc")]
+                out.append(f"| {s} | " + " | ".join(cells) + " |")
+            out.append("")
+    cpus = [_num(r.get("cpu_s")) for r in rows if r["kind"] == "best"]
+    cpus = [c for c in cpus if np.isfinite(c)]
+    walls = [_num(r.get("wall_s")) for r in rows if r["kind"] == "best"]
+    walls = [w for w in walls if np.isfinite(w)]
+    if walls:
+        out.append(
+            "Wall time per synthesiser × seed × domain (synthesis + training + evaluation): "
+            f"mean {np.mean(walls):.0f} s, max {np.max(walls):.0f} s over {len(walls)} jobs"
+            + (f"; process CPU time mean {np.mean(cpus):.0f} s, max {np.max(cpus):.0f} s" if cpus else "")
+            + "\n"
+        )
+    return "\n".join(out)
+
+
+def summary_bars(rows: Sequence[dict], path: str | Path, kind: str = "best", col: str = "pixel_ap") -> None:
+    """Grouped bars: ``col`` per domain (and the mean over domains) for each synthesiser, std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = [r for r in rows if r["kind"] == kind]
+    if not sub:
+        return
+    domains = _domain_order(sub)
+    synths = [s for s in _order(sub)]
+    groups = [*domains, "mean"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4))
+    width = 0.8 / max(1, len(synths))
+    x = np.arange(len(groups))
+    for i, s in enumerate(synths):
+        ms, sds = [], []
+        for d in domains:
+            m, sd, _ = mean_std([r[col] for r in sub if r["synth"] == s and r["domain"] == d])
+            ms.append(m)
+            sds.append(sd)
+        fin = [m for m in ms if np.isfinite(m)]
+        ms.append(float(np.mean(fin)) if len(fin) == len(domains) else float("nan"))
+        sds.append(0.0)
+        ax.bar(x + (i - (len(synths) - 1) / 2) * width, ms, width, yerr=sds, label=s, capsize=2)
+    ax.set_xticks(x, groups)
+    ax.set_ylabel(f"{HEAD[col]} (%)")
+    ax.set_title(f"UNet benchmark across domains ({kind} epoch; bars: mean over seeds, whiskers: std)")
+    ax.legend(fontsize=8, ncol=min(4, len(synths)))
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(rows: Sequence[dict], out: str | Path, reference: str = "cai-n", header: str = "") -> str:
+    """Write ``summary.md``, ``summary.csv`` (per domain × synthesiser × kind: seed means) and
+    ``summary_bars.png`` / ``summary_bars_last.png`` under ``out``; return the markdown."""
+    out = Path(out)
+    md = header + summary_markdown(rows, reference)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(md)
+    table = []
+    for kind in ("best", "last"):
+        for d in _domain_order(rows):
+            for s in _order(rows):
+                rs = [r for r in rows if r["kind"] == kind and r["domain"] == d and r["synth"] == s]
+                if rs:
+                    row = {"kind": kind, "domain": d, "synth": s, "n_seeds": len(rs)}
+                    for c in METRIC_COLS:
+                        row[c], row[c + "_std"], _ = mean_std([r[c] for r in rs])
+                    table.append(row)
+    cols = ["kind", "domain", "synth", "n_seeds", *[x for c in METRIC_COLS for x in (c, c + "_std")]]
+    write_csv(table, out / "summary.csv", cols)
+    summary_bars(rows, out / "summary_bars.png", "best")
+    summary_bars(rows, out / "summary_bars_last.png", "last")
+    return md

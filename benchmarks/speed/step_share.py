@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.detector.losses import focal_loss  # noqa: E402
 from benchmarks.detector.unet import DiscriminativeUNet  # noqa: E402
+from benchmarks.torchvision_cpu import torchvision_recipe  # noqa: E402
 
 TARGET_SHARE = 0.05
 
@@ -198,37 +199,6 @@ def measure_share(
 
 
 # ------------------------------------------------------------------------------------------- anomalib
-
-_SCHEMAS: list[object] = []  # keeps the torch.library.Library alive
-
-
-def torchvision_recipe() -> str:
-    """Let a CUDA torchvision wheel import on a CPU torch (../shared/NOTES.md): only when its ops are absent."""
-    import importlib.util
-    import os
-
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
-        return "not needed"
-    try:
-        torch.ops.torchvision.nms  # noqa: B018 - defined when torchvision's ops are loaded already
-        return "not needed"
-    except (AttributeError, RuntimeError):
-        pass
-    import glob
-
-    spec = importlib.util.find_spec("torchvision")
-    try:
-        for lib in glob.glob(os.path.join(os.path.dirname(spec.origin), "_C*.so")):
-            torch.ops.load_library(lib)
-        torch.ops.torchvision.nms  # noqa: B018
-        return "native (ops loaded)"
-    except (OSError, RuntimeError, AttributeError):
-        pass
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _SCHEMAS.append(lib)
-    return "nms/qnms schemas defined (torchvision's ops do not load with this torch)"
 
 
 def measure_anomalib(device: torch.device, steps: int, batch: int, size: int, bank_dir: Path) -> dict:

@@ -19,18 +19,30 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import albumentations as A
 import numpy as np
 import torch
 from albumentations.core.transforms_interface import BaseTransformInitSchema
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
+from cai_aug.engine.config import CAIConfig, Mode
 from cai_aug.frontends.common import BankLike, bank_path, current_rank, get_engine, mask_value_for
 from cai_aug.io.coerce import unit_range
+
+_DEFAULTS = CAIConfig()
+
+
+def _engine_config(mode: Any, quotas: Any, foreground: Any, threshold: Any, margin: Any) -> CAIConfig:
+    """The engine options of the op, checked by :class:`CAIConfig` (a TypeError there is a ValueError here,
+    as pydantic reports only ValueErrors as validation errors)."""
+    try:
+        return CAIConfig(mode=mode, quotas=quotas, foreground=foreground, threshold=threshold, margin=margin)
+    except TypeError as error:
+        raise ValueError(str(error)) from error
 
 
 def _absolute_bank(bank: Any) -> str:
@@ -79,11 +91,11 @@ class CrossDomainAnomaly(A.DualTransform):
 
     class InitSchema(BaseTransformInitSchema):
         bank: Any
-        mode: Literal["normal", "mixed"]
+        mode: Mode
         quotas: tuple[float, float, float]
         foreground: Any
-        threshold: float = Field(gt=0, le=1)
-        margin: int = Field(ge=0)
+        threshold: float
+        margin: int
         classes: list[str] | None
         exclude: str | list[str] | None
         mask_value: float | None = Field(default=None, gt=0)
@@ -93,28 +105,20 @@ class CrossDomainAnomaly(A.DualTransform):
         def _bank(cls, value: Any) -> str:
             return _absolute_bank(value)
 
-        @field_validator("quotas")
-        @classmethod
-        def _quotas(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
-            if min(value) < 0 or sum(value) <= 0:
-                raise ValueError(f"quotas must be non-negative and not all zero, got {value}")
-            return value
-
-        @field_validator("foreground")
-        @classmethod
-        def _foreground(cls, value: Any) -> Any:
-            if not (callable(value) or value in ("auto", "none", "rembg")):
-                raise ValueError(f"foreground must be 'auto', 'none', 'rembg' or a callable, got {value!r}")
-            return value
+        @model_validator(mode="after")
+        def _engine_options(self) -> Any:
+            # the engine's own rules, written once in CAIConfig
+            _engine_config(self.mode, self.quotas, self.foreground, self.threshold, self.margin)
+            return self
 
     def __init__(
         self,
         bank: BankLike,
-        mode: Literal["normal", "mixed"] = "normal",
-        quotas: tuple[float, float, float] = (4, 3, 3),
-        foreground: str | Callable = "auto",
-        threshold: float = 7 / 255,
-        margin: int = 8,
+        mode: Mode = _DEFAULTS.mode,
+        quotas: tuple[float, float, float] = _DEFAULTS.quotas,
+        foreground: str | Callable = _DEFAULTS.foreground,
+        threshold: float = _DEFAULTS.threshold,
+        margin: int = _DEFAULTS.margin,
         classes: Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         mask_value: float | None = None,
@@ -122,27 +126,19 @@ class CrossDomainAnomaly(A.DualTransform):
     ) -> None:
         super().__init__(p=p)
         self.bank = _absolute_bank(bank)
-        self.mode = mode
-        self.quotas = tuple(quotas)
+        self.config = _engine_config(mode, quotas, foreground, threshold, margin)
+        self.mode = self.config.mode
+        self.quotas = tuple(self.config.quotas)
         self.foreground = foreground
-        self.threshold = float(threshold)
-        self.margin = int(margin)
+        self.threshold = self.config.threshold
+        self.margin = self.config.margin
         self.classes = list(classes) if classes is not None and not isinstance(classes, str) else classes
         self.exclude = list(exclude) if exclude is not None and not isinstance(exclude, str) else exclude
         self.mask_value = mask_value
 
     @property
     def engine(self) -> Any:
-        return get_engine(
-            self.bank,
-            self.classes,
-            self.exclude,
-            mode=self.mode,
-            quotas=self.quotas,
-            foreground=self.foreground,
-            threshold=self.threshold,
-            margin=self.margin,
-        )
+        return get_engine(self.bank, self.classes, self.exclude, self.config)
 
     @property
     def targets(self) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def test_dataloader_workers_get_different_anomalies(bank: Path, image: np.ndarra
         ({"mode": "blend"}, "mode"),
         ({"quotas": (0, 0, 0)}, "quotas"),
         ({"quotas": (1, -1, 1)}, "quotas"),
-        ({"threshold": 0}, "threshold"),
+        ({"threshold": -0.1}, "threshold"),
         ({"threshold": 2}, "threshold"),
         ({"foreground": "sam"}, "foreground"),
         ({"margin": -1}, "margin"),

@@ -92,36 +92,25 @@ def demo_targets():
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_python(section: str) -> str:
-    """The Python code blocks of README section ``section`` (``<!-- section:NAME -->`` ... ``<!-- /section:NAME -->``).
-
-    ``$CAI_AUG_README`` names another file to read (a draft of the README text); a section not there yet
-    skips the test with the reason.
-    """
+def readme_blocks(section: str, language: str = "python") -> list[str]:
+    """The ``language`` code blocks of README section ``section`` (``<!-- section:NAME -->`` ...
+    ``<!-- /section:NAME -->``); a missing section or block fails the test (the README must show it)."""
     import re
 
-    path = Path(os.environ.get("CAI_AUG_README", README))
-    text = path.read_text(encoding="utf-8")
+    text = README.read_text(encoding="utf-8")
     start, end = f"<!-- section:{section} -->", f"<!-- /section:{section} -->"
-    if start not in text or end not in text:
-        pytest.skip(f"{path.name} has no '{section}' section yet (its README text is merged separately)")
-    body = text.split(start, 1)[1].split(end, 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
-    assert blocks, f"README section '{section}' has no python code block"
-    return "\n".join(blocks)
-
-
-def readme_block(section: str, language: str) -> str:
-    """The first ``language`` code block (``yaml``, ``bash`` ...) of README section ``section``."""
-    import re
-
-    readme_python(section)  # skips when the section is absent
-    path = Path(os.environ.get("CAI_AUG_README", README))
-    body = path.read_text(encoding="utf-8").split(f"<!-- section:{section} -->", 1)[1]
-    body = body.split(f"<!-- /section:{section} -->", 1)[0]
-    blocks = re.findall(rf"```{language}\n(.*?)```", body, flags=re.S)
+    assert start in text and end in text, f"README.md has no '{section}' section"
+    blocks = re.findall(rf"```{language}\n(.*?)```", text.split(start, 1)[1].split(end, 1)[0], flags=re.S)
     assert blocks, f"README section '{section}' has no {language} code block"
-    return blocks[0]
+    return blocks
+
+
+def run_readme(section: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Run the Python blocks of README section ``section`` in ``workdir``, in order, in one namespace."""
+    monkeypatch.chdir(workdir)
+    namespace: dict = {}
+    exec(compile("\n".join(readme_blocks(section)), "README.md", "exec"), namespace)  # noqa: S102
+    return namespace
 
 
 @pytest.fixture()

@@ -11,12 +11,14 @@ import torch
 from torch import nn
 
 
-def _block(cin: int, cout: int) -> nn.Sequential:
+def conv_block(cin: int, cout: int, mid: int | None = None) -> nn.Sequential:
+    """Two 3x3 conv + BatchNorm + ReLU layers (DRAEM's building block); ``mid`` channels in between."""
+    mid = cout if mid is None else mid
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1),
-        nn.BatchNorm2d(cout),
+        nn.Conv2d(cin, mid, 3, padding=1),
+        nn.BatchNorm2d(mid),
         nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.Conv2d(mid, cout, 3, padding=1),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
@@ -41,7 +43,7 @@ class DiscriminativeUNet(nn.Module):
         self.encoder = nn.ModuleList()
         cin = in_channels
         for cout in enc:
-            self.encoder.append(_block(cin, cout))
+            self.encoder.append(conv_block(cin, cout))
             cin = cout
         self.pool = nn.MaxPool2d(2)
         # decoder level i goes from encoder level i+1 up to level i
@@ -51,7 +53,7 @@ class DiscriminativeUNet(nn.Module):
         for level in range(len(enc) - 2, -1, -1):
             out = enc[level - 1] if level else w  # DRAEM's decoder is one level narrower
             self.ups.append(_up(cur, out))
-            self.decs.append(_block(out + enc[level], out))
+            self.decs.append(conv_block(out + enc[level], out))
             cur = out
         self.head = nn.Conv2d(cur, out_channels, 3, padding=1)
 

@@ -48,25 +48,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.detector.losses import focal_loss  # noqa: E402
-from benchmarks.detector.unet import DiscriminativeUNet  # noqa: E402
+from benchmarks.detector.unet import DiscriminativeUNet, conv_block  # noqa: E402
 from benchmarks.torchvision_cpu import torchvision_recipe  # noqa: E402
 
 TARGET_SHARE = 0.05
 
 
 # ---------------------------------------------------------------------------------------------- model
-
-
-def _block(cin: int, cout: int, mid: int | None = None) -> nn.Sequential:
-    mid = cout if mid is None else mid
-    return nn.Sequential(
-        nn.Conv2d(cin, mid, 3, padding=1),
-        nn.BatchNorm2d(mid),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(mid, cout, 3, padding=1),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class ReconstructiveNetwork(nn.Module):
@@ -81,7 +69,7 @@ class ReconstructiveNetwork(nn.Module):
         self.encoder = nn.ModuleList()
         cin = channels
         for cout in widths:
-            self.encoder.append(_block(cin, cout))
+            self.encoder.append(conv_block(cin, cout))
             cin = cout
         self.decoder = nn.ModuleList()
         for cout in (8 * w, 4 * w, 2 * w, w):
@@ -91,7 +79,7 @@ class ReconstructiveNetwork(nn.Module):
                     nn.Conv2d(cin, cout, 3, padding=1),
                     nn.BatchNorm2d(cout),
                     nn.ReLU(inplace=True),
-                    _block(cout, cout if cout == w else cout // 2, mid=cout),
+                    conv_block(cout, cout if cout == w else cout // 2, mid=cout),
                 )
             )
             cin = cout if cout == w else cout // 2

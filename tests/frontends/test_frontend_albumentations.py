@@ -254,12 +254,9 @@ def test_bicubic_overshoot_is_clamped(bank: Path, image: np.ndarray) -> None:
 def test_readme_albumentations_snippet_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached_demo_bank: Path
 ) -> None:
-    from conftest import readme_python
+    from conftest import run_readme
 
-    code = readme_python("albumentations")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    namespace = run_readme("albumentations", tmp_path, monkeypatch)
     out = namespace["out"]
     assert out["image"].shape == (128, 128, 3) and out["reference"].shape == (128, 128, 3)
     assert A.load(str(tmp_path / "pipeline.json")).transforms[1].bank == str((tmp_path / "demo_bank").resolve())

@@ -270,18 +270,15 @@ def test_generator_import_pulls_in_neither_anomalib_nor_torchvision() -> None:
 def test_readme_anomalib_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached_demo_bank: Path) -> None:
     """The README's anomalib example, as written (DRAEM shrunk to 8 channels and 64 px by the fixtures)."""
     from anomalib.pre_processing import PreProcessor
-    from conftest import readme_python
+    from conftest import run_readme
     from torchvision.transforms.v2 import Resize
 
-    code = readme_python("anomalib")
     monkeypatch.setattr(
         Draem,
         "configure_pre_processor",
         classmethod(lambda cls, image_size=None: PreProcessor(transform=Resize((SIZE, SIZE), antialias=True))),
     )
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    namespace = run_readme("anomalib", tmp_path, monkeypatch)
     model = namespace["model"]
     assert type(model).__name__ == "CAIDraem" and model.augmenter.epoch == 1 and model.augmenter.calls == 2
 
@@ -290,11 +287,11 @@ def test_readme_anomalib_yaml_builds_through_anomalib_cli(tmp_path: Path, monkey
     """``anomalib train --config`` resolves the README's YAML: CAIDraem by class path, with its arguments."""
     pytest.importorskip("jsonargparse", reason="anomalib's command line needs jsonargparse")
     from anomalib.cli import AnomalibCLI
-    from conftest import readme_block
+    from conftest import readme_blocks
 
     monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # the configuration's seed_everything must not leak out of the test
     monkeypatch.delenv("PL_GLOBAL_SEED")
-    (tmp_path / "cai_draem.yaml").write_text(readme_block("anomalib", "yaml"), encoding="utf-8")
+    (tmp_path / "cai_draem.yaml").write_text(readme_blocks("anomalib", "yaml")[0], encoding="utf-8")
     write_tiny_bank(tmp_path / "bank")
     monkeypatch.chdir(tmp_path)
     cli = AnomalibCLI(["train", "--config", "cai_draem.yaml"], run=False)

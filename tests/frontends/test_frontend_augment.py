@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +145,11 @@ def test_cuda_batch(bank: Path, images: torch.Tensor) -> None:
 
 def test_readme_frontends_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's front-end snippets run as written (on a tiny bank and small images, for time)."""
+    from conftest import readme_blocks
+
     import cai_aug.io.demo_data
 
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    section = readme.read_text().split("<!-- section:frontends -->")[1].split("<!-- /section:frontends -->")[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = readme_blocks("frontends")
     assert len(blocks) == 3  # set-up, CAIDataset, CAIAugment (each host op has its own tested section)
     small_images, small_normals = cai_aug.io.demo_data.demo_images, cai_aug.io.demo_data.write_demo_normals
     monkeypatch.setattr(cai_aug.io.demo_data, "write_demo_bank", lambda path, *a, **k: write_tiny_bank(Path(path)))

@@ -114,12 +114,9 @@ def test_normalised_input_is_a_clear_error(bank: Path, images: torch.Tensor) -> 
 
 
 def test_readme_kornia_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached_demo_bank: Path) -> None:
-    from conftest import readme_python
+    from conftest import run_readme
 
-    code = readme_python("kornia")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    namespace = run_readme("kornia", tmp_path, monkeypatch)
     assert namespace["images"].shape == (4, 3, 128, 128) and namespace["masks"].shape == (4, 1, 128, 128)
     assert set(namespace["masks"].unique().tolist()) <= {0.0, 1.0}
 

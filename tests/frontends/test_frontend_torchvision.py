@@ -126,11 +126,8 @@ def test_as_anomalib_train_augmentations(bank: Path, tmp_path: Path) -> None:
 def test_readme_torchvision_snippet_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached_demo_bank: Path
 ) -> None:
-    from conftest import readme_python
+    from conftest import run_readme
 
-    code = readme_python("torchvision")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    namespace = run_readme("torchvision", tmp_path, monkeypatch)
     assert isinstance(namespace["image"], tv_tensors.Image) and isinstance(namespace["mask"], tv_tensors.Mask)
     assert namespace["image"].dtype == torch.float32 and namespace["mask"].shape == (1, 128, 128)

@@ -203,46 +203,68 @@ def test_ray_resume_after_worker_crash(ray_instance, data, reference):
     assert_same_run(out, reference)
 
 
-def test_local_engine_killed_then_resumed(data, reference):
-    """SIGKILL a `cai-aug synth` process part-way; leftovers of a kill must not count as done."""
-    out = data["root"] / "local_killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "cai_aug",
-        "synth",
-        "--normal",
-        str(data["normal"]),
-        "--bank",
-        str(data["bank"]),
-        "--out",
-        str(out),
-        "--per-image",
-        str(PER_IMAGE),
-        "--seed",
-        str(SEED),
-    ]
+# The child's writer is slowed (so a kill can land between an image, its mask and the manifest line) and
+# stops for good before its last record: the kill then always comes before the end, however fast the machine.
+SLOW_WRITER = """
+import sys, time
+import cai_aug.io.output as output
+from cai_aug.cli import main
+
+stop_at = int(sys.argv[1])
+write_image, append_line = output.write_image, output.append_line
+
+def slow_write_image(*args, **kwargs):
+    time.sleep(0.01)
+    return write_image(*args, **kwargs)
+
+def slow_append_line(path, line):
+    if path.exists() and len(path.read_text().splitlines()) >= stop_at:
+        time.sleep(3600)
+    time.sleep(0.01)
+    append_line(path, line)
+
+output.write_image, output.append_line = slow_write_image, slow_append_line
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def kill_synth_part_way(data, out, *, after: int, stop_at: int, resume: bool, rng) -> None:
+    """Start `cai-aug synth`, SIGKILL it at a random moment once the manifest has ``after`` lines."""
+    argv = ["synth", "--normal", str(data["normal"]), "--bank", str(data["bank"]), "--out", str(out)]
+    argv += ["--per-image", str(PER_IMAGE), "--seed", str(SEED)] + (["--resume"] if resume else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-c", SLOW_WRITER, str(stop_at), *argv]
+    log = out.parent / f"{out.name}.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
+        path = out / MANIFEST
         while time.monotonic() < deadline and process.poll() is None:
-            path = out / MANIFEST
-            if path.exists() and len(path.read_text().splitlines()) >= 5:
+            if path.exists() and len(path.read_text().splitlines()) >= after:
                 break
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.03))
+        assert process.poll() is None, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+def test_local_engine_killed_then_resumed(data, reference):
+    """SIGKILL a `cai-aug synth` process part-way, three times in a row; leftovers of a kill must not count as done."""
+    out = data["root"] / "local_killed"
+    rng = np.random.default_rng(0)
+    for round_, after in enumerate((3, 7, 11)):
+        kill_synth_part_way(data, out, after=after, stop_at=after + 3, resume=round_ > 0, rng=rng)
     records = manifest(out, strict=False)  # a kill may cut the last line
-    assert 5 <= len(records) < 8 * PER_IMAGE
+    assert 11 <= len(records) < 8 * PER_IMAGE
     # What a kill can leave behind: a cut manifest line, a temporary file, and (from a writer that is not
     # atomic) a truncated image under its final name; plus a recorded anomaly whose file was lost.
     todo = [r for r in manifest(reference) if r["image"] not in {x["image"] for x in records}]
     (out / todo[0]["image"]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    (out / "images" / f".{Path(todo[1]['image']).name}.tmp").write_bytes(b"partial")
+    (out / "images" / f".{Path(todo[-1]['image']).name}.tmp").write_bytes(b"partial")
     (out / records[1]["image"]).unlink()
     with (out / MANIFEST).open("a") as handle:
         handle.write(json.dumps(todo[0])[:40])

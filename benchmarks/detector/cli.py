@@ -36,12 +36,15 @@ from .train import DEFAULT_SEEDS, PRESETS, SELECTION, EvalSet, to_native, train_
 
 BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem", "draem-anomalib")
 # harness-side CAI variants (ablations the engine has no option for yet): see synthesisers.CAIVariant
-_VARIANT_RE = re.compile(r"^(?P<base>cai-[nm])(?P<var>-x[2-9]|-grey)$")
-_CAI_RE = re.compile(r"^cai-(?P<mode>[nm])(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:@(?P<q>\d+:\d+:\d+))?$")
+_VARIANT_RE = re.compile(r"^(?P<base>cai-[nmb](?:-paper)?)(?P<var>-x[2-9]|-grey)$")
+_CAI_RE = re.compile(r"^cai-(?P<mode>[nmb])(?P<paper>-paper)?(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:@(?P<q>\d+:\d+:\d+))?$")
+_MODE_LETTERS = {"n": "normal", "m": "mixed", "b": "both"}
 
 
 def parse_cai_name(name: str) -> dict | None:
-    """``cai-n``, ``cai-m``, ablations ``-no-pe``/``-no-stm``/``-no-ils`` (combinable), quotas ``@6:2:2``."""
+    """``cai-n``, ``cai-m``, ``cai-b`` (normal or mixed guidance per sample), ``-paper`` (the engine's paper
+    preset: the source's colour on grey targets, exact Poisson solve), ablations ``-no-pe``/``-no-stm``/
+    ``-no-ils`` (combinable), quotas ``@6:2:2``."""
     m = _CAI_RE.match(name)
     if not m:
         return None
@@ -50,7 +53,8 @@ def parse_cai_name(name: str) -> dict | None:
     if sum(quotas) == 0:
         raise ValueError(f"{name}: quotas must not all be zero")
     return {
-        "mode": "normal" if m["mode"] == "n" else "mixed",
+        "mode": _MODE_LETTERS[m["mode"]],
+        "preset": "paper" if m["paper"] else "default",
         "quotas": quotas,
         "use_poisson": "pe" not in abl,
         "use_stm": "stm" not in abl,
@@ -161,7 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--synth",
         default="cai-n,cai-m,nsa-n,nsa-m,draem,cutpaste",
-        help="comma list: cai-n, cai-m, nsa-n, nsa-m, draem, draem-anomalib (anomalib's "
+        help="comma list: cai-n, cai-m, cai-b (normal or mixed per sample), cai-n-paper (the engine's paper "
+        "preset), nsa-n, nsa-m, draem, draem-anomalib (anomalib's "
         "PerlinAnomalyGenerator), cutpaste, real-kfold, cdm, ablations cai-n-no-pe/-no-stm/-no-ils, quota "
         "variants like cai-n@6:2:2, harness-side variants cai-n-x3 (3 anomalies per image), cai-n-grey "
         "(luminance-only injection)",

@@ -336,6 +336,7 @@ class CAISynth(Synthesiser):
         seed: int = 0,
         device: str | None = None,
         foreground: str = "auto",
+        preset: str = "default",
         **switches: bool,
     ) -> None:
         from cai_aug import CAI, AnomalyBank
@@ -347,7 +348,14 @@ class CAISynth(Synthesiser):
         off = {k: v for k, v in switches.items() if v is False}  # pass only the switches turned off
         try:
             self.cai = CAI(
-                bank, mode=mode, quotas=tuple(quotas), foreground=foreground, seed=seed, device=device, **off
+                bank,
+                preset=preset,
+                mode=mode,
+                quotas=tuple(quotas),
+                foreground=foreground,
+                seed=seed,
+                device=device,
+                **off,
             )
         except TypeError as exc:
             if off:

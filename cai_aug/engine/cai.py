@@ -21,7 +21,7 @@ from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.config import MODES, CAIConfig
 from cai_aug.engine.foreground import ForegroundCache, resolve
-from cai_aug.engine.injection import Injection, inject, injection_mask
+from cai_aug.engine.injection import Injection, inject, injection_mask, mixed_guidance
 from cai_aug.engine.location import Placement, place_pattern
 from cai_aug.engine.matching import (
     TYPE_NAMES,
@@ -76,6 +76,7 @@ class _Attempt:
     centre: torch.Tensor
     iterations: torch.Tensor
     residual: torch.Tensor
+    mixed: torch.Tensor
     fallback: torch.Tensor
 
     @classmethod
@@ -86,6 +87,7 @@ class _Attempt:
         injection: Injection,
         masks: torch.Tensor,
         success: torch.Tensor,
+        mixed: torch.Tensor,
     ) -> _Attempt:
         """The attempt's canvases and its per-sample decisions."""
         return cls(
@@ -100,6 +102,7 @@ class _Attempt:
             centre=placement.centre,
             iterations=injection.iterations,
             residual=injection.residual,
+            mixed=mixed,
             fallback=plan.fallback & success,
         )
 
@@ -128,12 +131,14 @@ class CAI:
     Args:
         bank: the anomaly bank (sources).
         config: a :class:`~cai_aug.engine.config.CAIConfig` (or its ``to_dict()``); None: the defaults.
+        preset: instead of ``config``, a named configuration: ``"default"`` or ``"paper"`` (the paper's
+            reference settings, :meth:`CAIConfig.preset`).
         seed: base of every key; None draws one at construction.
         device: compute device (default: the images' device); results come back on the input's device.
         **overrides: engine options on top of ``config``, by name (``mode``, ``quotas``, ``foreground``,
             ``threshold``, ``margin``, ``median``, ``min_mask_pixels``, ``allow_upscale``,
-            ``ratio_decimals``, ``max_attempts``, ``use_poisson``, ``use_stm``, ``use_ils``, ``rtol``,
-            ``max_iter``, ``backend``); each is documented and checked by ``CAIConfig``.
+            ``ratio_decimals``, ``max_attempts``, ``use_poisson``, ``use_stm``, ``use_ils``, ``atol``,
+            ``grey_injection``, ``rtol``, ``max_iter``, ``backend``); each is documented and checked by ``CAIConfig``.
 
     The options are read back as ``cai.config`` (and, as before, as attributes: ``cai.mode`` ...).
     A bad option fails here, at construction, with the option's name in the message.
@@ -141,6 +146,7 @@ class CAI:
     Examples:
         >>> cai = CAI(bank, mode="mixed", seed=0)                       # doctest: +SKIP
         >>> cai = CAI(bank, CAIConfig(mode="mixed"), seed=0)            # the same engine
+        >>> cai = CAI(bank, preset="paper", seed=0)                     # the paper's settings
         >>> images, masks, labels = cai(batch)                          # doctest: +SKIP
     """
 
@@ -149,6 +155,7 @@ class CAI:
         bank: AnomalyBank,
         config: CAIConfig | Mapping[str, Any] | None = None,
         *,
+        preset: str | None = None,
         seed: int | None = None,
         device: torch.device | str | None = None,
         **overrides: Any,
@@ -160,7 +167,7 @@ class CAI:
         if isinstance(config, str):  # CAI(bank, "mixed"): the second parameter used to be the mode
             raise TypeError(f"CAI's second parameter is a CAIConfig: pass the mode by keyword, mode={config!r}")
         self.bank = bank
-        self.config = CAIConfig.build(config, **overrides)
+        self.config = CAIConfig.build(config, preset=preset, **overrides)
         self.seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
         self.device = None if device is None else torch.device(device)
         self._foreground = ForegroundCache(resolve(self.config.foreground))
@@ -308,6 +315,7 @@ class CAI:
         )
         placed = (plan.source >= 0) & placement.found
         # PE: the source resampled into a canvas, blended into the target's canvas inside Omega.
+        mixed = mixed_guidance(keys, config.mode)
         injection = inject(
             images,
             foreground,
@@ -316,9 +324,10 @@ class CAI:
             placement,
             placed,
             margin=config.margin,
-            mode=config.mode,
+            mode=mixed if config.mode == "both" else config.mode,
             use_poisson=config.use_poisson,
             use_ils=config.use_ils,
+            grey_injection=config.grey_injection,
             rtol=config.rtol,
             atol=config.atol,
             max_iter=config.max_iter,
@@ -328,11 +337,11 @@ class CAI:
         masks = injection_mask(injection, config.threshold, config.median)
         pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
         success = placed & (pixels >= config.min_mask_pixels)
-        return _Attempt.collect(plan, placement, injection, masks, success)
+        return _Attempt.collect(plan, placement, injection, masks, success, mixed)
 
 
 # What an attempt decided and measured per sample, copied into the record of the attempt kept.
-_DECISIONS = ("source", "synthesis", "ratio", "ratio_prime", "scale", "centre", "iterations", "residual")
+_DECISIONS = ("source", "synthesis", "ratio", "ratio_prime", "scale", "centre", "iterations", "residual", "mixed")
 
 
 class _Record:
@@ -347,6 +356,7 @@ class _Record:
         self.centre = torch.zeros(batch, 2, dtype=torch.int64, device=device)
         self.iterations = torch.zeros(batch, dtype=torch.int64, device=device)
         self.residual = torch.zeros(batch, dtype=torch.float32, device=device)
+        self.mixed = torch.zeros(batch, dtype=torch.bool, device=device)
         self.attempts = torch.zeros(batch, dtype=torch.int64, device=device)
         self.success = torch.zeros(batch, dtype=torch.bool, device=device)
         self.fallback = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -381,6 +391,7 @@ class _Record:
                     "attempts": values["attempts"][i],
                     "poisson_iterations": values["iterations"][i],
                     "poisson_residual": values["residual"][i],
+                    "poisson_mode": "mixed" if values["mixed"][i] else "normal",
                 }
             )
         return info

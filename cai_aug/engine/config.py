@@ -29,11 +29,12 @@ from typing import Any, Literal, get_args
 
 from cai_aug.engine.matching import parse_quotas, synthesis_probabilities
 
-Mode = Literal["normal", "mixed"]
+Mode = Literal["normal", "mixed", "both"]
 ForegroundMode = Literal["auto", "none", "rembg"]
 Backend = Literal["auto", "torch", "cupy"]
 
-#: Poisson guidance modes: source gradients, or per pixel pair the larger of source and target gradient.
+#: Poisson guidance modes: source gradients, per pixel pair the larger of source and target gradient, or
+#: either one per sample (half and half, drawn from the sample's key).
 MODES: tuple[str, ...] = get_args(Mode)
 #: Foreground estimators by name (a callable ``(B, C, H, W) -> (B, 1, H, W)`` is accepted too).
 FOREGROUNDS: tuple[str, ...] = get_args(ForegroundMode)
@@ -47,8 +48,10 @@ class CAIConfig:
 
     Parameters
     ----------
-    mode : {"normal", "mixed"}
-        Poisson guidance: source gradients, or the larger of source and target gradient per pixel pair.
+    mode : {"normal", "mixed", "both"}
+        Poisson guidance: source gradients, the larger of source and target gradient per pixel pair, or
+        ``"both"``: each sample draws one of the two with probability 1/2 (the reference code writes both
+        kinds; which one trains the better detector depends on the domain, see the README).
     quotas : (Nl, Nm, Ns) or "Nl:Nm:Ns"
         Multi-scale quotas of large, medium and small synthesis types; online they are the
         probabilities of the types. Stored as a tuple of three floats.
@@ -75,6 +78,9 @@ class CAIConfig:
         Poisson stopping rule in image units: a plane stops once its largest pixel error is estimated
         below ``atol`` (1/255 by default: an error no one can see, and the CPU path's speed); None
         solves to ``rtol`` only (the exact solve, tested against a direct solver).
+    grey_injection : bool
+        A grey target (one channel, or three equal ones) receives the source's luminance only, never
+        its colour (True, the default); False injects the source's colour as the paper does.
     rtol, max_iter, backend
         Poisson solver settings (see :func:`cai_aug.poisson_blend`); the first of ``rtol`` and ``atol``
         met stops a plane.
@@ -106,6 +112,7 @@ class CAIConfig:
     use_stm: bool = True
     use_ils: bool = True
     atol: float | None = 1 / 255
+    grey_injection: bool = True
     rtol: float = 1e-4
     max_iter: int = 200
     backend: Backend = "auto"
@@ -127,7 +134,7 @@ class CAIConfig:
         if self.ratio_decimals is not None:
             set_(self, "ratio_decimals", _integer("ratio_decimals", self.ratio_decimals, 0))
         set_(self, "max_attempts", _integer("max_attempts", self.max_attempts, 1))
-        for name in ("use_poisson", "use_stm", "use_ils"):
+        for name in ("use_poisson", "use_stm", "use_ils", "grey_injection"):
             set_(self, name, _boolean(name, getattr(self, name)))
         if self.atol is not None:
             set_(self, "atol", _real("atol", self.atol, 0.0, math.inf, "(0, inf) or None", low_open=True))
@@ -142,12 +149,31 @@ class CAIConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def build(cls, config: CAIConfig | Mapping[str, Any] | None = None, **overrides: Any) -> CAIConfig:
-        """A config from a config, a dict (``from_dict``) or None (the defaults), with ``overrides`` on top.
+    def preset(cls, name: str) -> CAIConfig:
+        """The named configuration: ``"default"`` (this library's defaults) or ``"paper"`` (the paper's
+        reference settings: normal guidance, the source's colour on every target, an exact Poisson solve).
+
+        >>> CAIConfig.preset("paper").grey_injection
+        False
+        """
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {name!r}")
+        return cls(**PRESETS[name])
+
+    @classmethod
+    def build(
+        cls, config: CAIConfig | Mapping[str, Any] | None = None, *, preset: str | None = None, **overrides: Any
+    ) -> CAIConfig:
+        """A config from a config, a dict (``from_dict``), a preset name or None (the defaults), with
+        ``overrides`` on top.
 
         This is how every constructor that takes ``config=`` and engine keywords combines them.
         """
-        if config is None:
+        if preset is not None and config is not None:
+            raise ValueError("give either config or preset, not both (a preset is a whole configuration)")
+        if preset is not None:
+            base = cls.preset(preset)
+        elif config is None:
             base = cls()
         elif isinstance(config, CAIConfig):
             base = config
@@ -193,6 +219,13 @@ class CAIConfig:
             raise TypeError(f"from_dict takes a mapping, got {type(values).__name__}")
         _check_names(values)
         return cls(**dict(values))
+
+
+#: Named configurations (:meth:`CAIConfig.preset`): options that differ from the class defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"mode": "normal", "quotas": (4.0, 3.0, 3.0), "grey_injection": False, "atol": None},
+}
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cai_aug.engine import rng
 from cai_aug.engine.bank import BankStorage
 from cai_aug.engine.foreground import close, dilate
 from cai_aug.engine.location import Placement
@@ -68,6 +69,17 @@ def luminance(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb * torch.tensor(LUMA, device=rgb.device)[None, :, None, None]).sum(dim=1, keepdim=True)
 
 
+def mixed_guidance(keys: torch.Tensor, mode: str) -> torch.Tensor:
+    """Which samples are solved with mixed guidance, ``(B,)`` bool, for engine mode ``mode``.
+
+    ``"normal"``/``"mixed"``: none/all; ``"both"``: each sample with probability 1/2, drawn from its key
+    (stream ``MODE``), so a sample keeps its guidance whatever batch it is in.
+    """
+    if mode == "both":
+        return rng.uniform(keys, rng.Stream.MODE)[:, 0] < 0.5
+    return torch.full(keys.shape, mode == "mixed", dtype=torch.bool, device=keys.device)
+
+
 def blend_region(pattern_mask: torch.Tensor, margin: int) -> torch.Tensor:
     """Omega: the pattern mask closed, then dilated, by a ``margin x margin`` square.
 
@@ -88,9 +100,10 @@ def inject(
     placed: torch.Tensor,
     *,
     margin: int = 8,
-    mode: str = "normal",
+    mode: str | torch.Tensor = "normal",
     use_poisson: bool = True,
     use_ils: bool = True,
+    grey_injection: bool = True,
     rtol: float = 1e-4,
     atol: float | None = None,
     max_iter: int = 200,
@@ -107,8 +120,11 @@ def inject(
         placement: centres and pattern sizes (:func:`cai_aug.engine.location.place_pattern`).
         placed: ``(B,)`` bool; samples without a placement get an empty region and stay unchanged.
         margin: Omega's closing and dilation size (:func:`blend_region`).
-        mode: ``"normal"`` or ``"mixed"`` Poisson guidance.
+        mode: ``"normal"`` or ``"mixed"`` Poisson guidance, or a ``(B,)`` bool tensor: True where a
+            sample is solved with mixed guidance (the two groups are solved apart).
         use_poisson: False pastes the pattern under its mask instead (the "without PE" ablation).
+        grey_injection: a 3-channel target whose channels are equal receives the source's luminance
+            only (a 1-channel target always does: it has room for nothing else).
         rtol, atol, max_iter, backend: Poisson solver settings (:func:`cai_aug.poisson.poisson_blend_canvases`).
     Returns:
         the :class:`Injection` (canvases of size ``max pattern + 2 (margin + 2)``; one host sync for it).
@@ -123,7 +139,7 @@ def inject(
     )
     if channels == 1:
         pattern_rgb = luminance(pattern_rgb)
-    else:
+    elif grey_injection:
         # a grey target given as 3 equal channels receives the source's luminance only: colour that a
         # grey camera never records would be a shortcut for the detector
         grey = grey_images(images)
@@ -138,17 +154,47 @@ def inject(
     iterations = torch.zeros(batch, dtype=torch.int64, device=device)
     residual = torch.zeros(batch, dtype=torch.float32, device=device)
     if use_poisson:
-        blended, stats = poisson_blend_canvases(
-            target, pattern_rgb, region, inside, mode, rtol=rtol, atol=atol, max_iter=max_iter, backend=backend
-        )
+        solver = {"rtol": rtol, "atol": atol, "max_iter": max_iter, "backend": backend}
+        if isinstance(mode, torch.Tensor):
+            blended, iterations, residual = _blend_per_sample_mode(target, pattern_rgb, region, inside, mode, solver)
+        else:
+            blended, stats = poisson_blend_canvases(target, pattern_rgb, region, inside, mode, **solver)
+            iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
         # in place: the solve is a new tensor (or, with nothing to solve, the target: already in [0, 1])
         blended = blended.clamp_(0, 1)
-        iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
     else:
         blended = torch.where(pattern_mask & inside, pattern_rgb, target)
     if use_ils:
         blended = torch.where(crop(foreground, origin_y, origin_x, canvas_h, canvas_w)[0], blended, target)
     return Injection(blended, target, region, origin_y, origin_x, iterations, residual)
+
+
+def _blend_per_sample_mode(
+    target: torch.Tensor,
+    source: torch.Tensor,
+    region: torch.Tensor,
+    inside: torch.Tensor,
+    mixed: torch.Tensor,
+    solver: dict,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Poisson blending with the guidance chosen per sample: ``mixed (B,)`` bool, True = mixed.
+
+    The solver takes one mode per call, so the normal and the mixed samples are solved as two
+    sub-batches; each sample's result equals its solve alone. Returns ``(blended, iterations, residual)``.
+    """
+    device = target.device
+    blended = target.clone()
+    iterations = torch.zeros(target.shape[0], dtype=torch.int64, device=device)
+    residual = torch.zeros(target.shape[0], dtype=torch.float32, device=device)
+    mixed = mixed.to(device=device, dtype=torch.bool)
+    for mode, rows in (("normal", (~mixed).nonzero()[:, 0]), ("mixed", mixed.nonzero()[:, 0])):
+        if rows.numel() == 0:
+            continue
+        out, stats = poisson_blend_canvases(target[rows], source[rows], region[rows], inside[rows], mode, **solver)
+        blended[rows] = out
+        iterations[rows] = stats.iterations.to(device)
+        residual[rows] = stats.residual.to(device).float()
+    return blended, iterations, residual
 
 
 def injection_mask(injection: Injection, threshold: float, median: int = 7) -> torch.Tensor:

@@ -59,6 +59,7 @@ class Stream(IntEnum):
     LOCATION = 4
     APPLY = 5  # whether a sample is augmented at all (front ends with p < 1)
     EXTRA = 7  # extensions beyond the paper (CDM's class and noise draws, folded with their own parts)
+    MODE = 8  # Poisson guidance per sample (mode="both")
 
 
 def hash_part(part: int | str | bytes) -> int:

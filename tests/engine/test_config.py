@@ -21,7 +21,7 @@ def test_defaults_are_the_reference_settings():
 
 
 def test_modes_are_spelled_once():
-    assert MODES == ("normal", "mixed")
+    assert MODES == ("normal", "mixed", "both")
 
 
 def test_is_exported_from_the_package():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.detector.cli import build_synthesiser, parse_args, parse_cai_name
+from benchmarks.detector.cli import build_synthesiser, parse_args, parse_cai_name, valid_synth
 from benchmarks.detector.data import list_images
 from benchmarks.detector.synthesisers import DRAEM, NSA, CutPaste, perlin_noise
 from benchmarks.detector.toydata import make_bank, texture
@@ -83,6 +83,7 @@ def test_perlin_noise_is_smooth_and_bounded():
 def test_parse_cai_names():
     assert parse_cai_name("cai-n") == {
         "mode": "normal",
+        "preset": "default",
         "quotas": (4, 3, 3),
         "use_poisson": True,
         "use_stm": True,
@@ -93,6 +94,13 @@ def test_parse_cai_names():
     assert not spec["use_stm"] and not spec["use_ils"] and spec["use_poisson"]
     assert parse_cai_name("cai-n-no-pe")["use_poisson"] is False
     assert parse_cai_name("cutpaste") is None and parse_cai_name("cai-x") is None
+
+
+def test_parse_cai_names_with_per_sample_guidance_and_the_paper_preset():
+    assert parse_cai_name("cai-b")["mode"] == "both"
+    spec = parse_cai_name("cai-n-paper")
+    assert spec["mode"] == "normal" and spec["preset"] == "paper"
+    assert valid_synth("cai-b-x3") and valid_synth("cai-n-paper-x2") and not valid_synth("cai-q")
 
 
 def test_cli_rejects_unknown_synth(tmp_path):

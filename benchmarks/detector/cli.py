@@ -35,16 +35,18 @@ from .synthesisers import DRAEM, NSA, CAISynth, CDMSynth, CutPaste, Synthesiser
 from .train import DEFAULT_SEEDS, PRESETS, SELECTION, EvalSet, to_native, train_detector
 
 BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem", "draem-anomalib")
-# harness-side CAI variants (ablations the engine has no option for yet): see synthesisers.CAIVariant
-_VARIANT_RE = re.compile(r"^(?P<base>cai-[nmb](?:-paper)?)(?P<var>-x[2-9]|-grey)$")
-_CAI_RE = re.compile(r"^cai-(?P<mode>[nmb])(?P<paper>-paper)?(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:@(?P<q>\d+:\d+:\d+))?$")
+_CAI_RE = re.compile(
+    r"^cai-(?P<mode>[nmb])(?P<paper>-paper)?(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:-x(?P<k>[1-9]))?"
+    r"(?:@(?P<q>\d+:\d+:\d+))?$"
+)
 _MODE_LETTERS = {"n": "normal", "m": "mixed", "b": "both"}
 
 
 def parse_cai_name(name: str) -> dict | None:
     """``cai-n``, ``cai-m``, ``cai-b`` (normal or mixed guidance per sample), ``-paper`` (the engine's paper
     preset: the source's colour on grey targets, exact Poisson solve), ablations ``-no-pe``/``-no-stm``/
-    ``-no-ils`` (combinable), quotas ``@6:2:2``."""
+    ``-no-ils`` (combinable), ``-x3`` (three anomalies per image, the engine's ``anomalies``), quotas
+    ``@6:2:2``."""
     m = _CAI_RE.match(name)
     if not m:
         return None
@@ -59,20 +61,16 @@ def parse_cai_name(name: str) -> dict | None:
         "use_poisson": "pe" not in abl,
         "use_stm": "stm" not in abl,
         "use_ils": "ils" not in abl,
+        "anomalies": int(m["k"] or 1),
     }
 
 
 def valid_synth(name: str) -> bool:
-    return (
-        name in BASELINES
-        or name in ("cdm", "real-kfold")
-        or parse_cai_name(name) is not None
-        or _VARIANT_RE.match(name) is not None
-    )
+    return name in BASELINES or name in ("cdm", "real-kfold") or parse_cai_name(name) is not None
 
 
 def needs_bank(args: argparse.Namespace) -> bool:
-    cai = any(parse_cai_name(s) or _VARIANT_RE.match(s) for s in args.synths)
+    cai = any(parse_cai_name(s) for s in args.synths)
     return cai or (any(s in ("draem", "draem-anomalib") for s in args.synths) and not args.draem_source)
 
 
@@ -90,12 +88,6 @@ def build_synthesiser(name: str, args: argparse.Namespace, seed: int) -> Synthes
         return AnomalibPerlin(args.draem_source or args.bank)
     if name == "cdm":
         return build_cdm(args, seed)
-    var = _VARIANT_RE.match(name)
-    if var:
-        from .synthesisers import CAIVariant
-
-        base = build_synthesiser(var["base"], args, seed)
-        return CAIVariant(name, base, var["var"].lstrip("-"))
     spec = parse_cai_name(name)
     if spec is None:
         raise ValueError(f"unknown synthesiser {name!r}")
@@ -168,8 +160,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list: cai-n, cai-m, cai-b (normal or mixed per sample), cai-n-paper (the engine's paper "
         "preset), nsa-n, nsa-m, draem, draem-anomalib (anomalib's "
         "PerlinAnomalyGenerator), cutpaste, real-kfold, cdm, ablations cai-n-no-pe/-no-stm/-no-ils, quota "
-        "variants like cai-n@6:2:2, harness-side variants cai-n-x3 (3 anomalies per image), cai-n-grey "
-        "(luminance-only injection)",
+        "variants like cai-n@6:2:2, cai-n-x3 (3 anomalies per image)",
     )
     p.add_argument(
         "--preset",

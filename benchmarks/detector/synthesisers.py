@@ -323,7 +323,8 @@ class DRAEM(Synthesiser):
 
 
 class CAISynth(Synthesiser):
-    """CAI from the engine; ``switches`` are the ablation flags (use_poisson, use_stm, use_ils)."""
+    """CAI from the engine; ``switches`` are the ablation flags (use_poisson, use_stm, use_ils);
+    ``anomalies`` per image and ``preset`` are the engine's options of those names."""
 
     def __init__(
         self,
@@ -337,6 +338,7 @@ class CAISynth(Synthesiser):
         device: str | None = None,
         foreground: str = "auto",
         preset: str = "default",
+        anomalies: int = 1,
         **switches: bool,
     ) -> None:
         from cai_aug import CAI, AnomalyBank
@@ -352,6 +354,7 @@ class CAISynth(Synthesiser):
                 preset=preset,
                 mode=mode,
                 quotas=tuple(quotas),
+                anomalies=anomalies,
                 foreground=foreground,
                 seed=seed,
                 device=device,
@@ -383,47 +386,3 @@ class CDMSynth(Synthesiser):
         out_images, out_masks, labels = self.sampler(images, masks=None, keys=keys)
         masks = (out_masks > 0).float() * labels.reshape(-1, 1, 1, 1).float().to(out_masks.device)
         return out_images.clamp(0, 1).to(images.device), masks.to(images.device)
-
-
-# ----------------------------------------------------------------------- harness-side CAI variants
-
-
-class CAIVariant(Synthesiser):
-    """Ablations of CAI the engine has no option for yet, wrapped around its public API:
-
-    - ``x<k>`` (e.g. ``cai-n-x3``): ``k`` anomalies per image, CAI applied ``k`` times in a row with keys
-      ``key, derive(key, 1), ...``; the mask is the union of the ``k`` masks (each CAI call's difference
-      mask is taken against its own input, so an earlier anomaly is never labelled twice wrongly);
-    - ``grey``: luminance-only injection: only the change of luminance ``Y = 0.299 R + 0.587 G + 0.114 B``
-      that CAI made is added to every channel of the target. On a grey target this is exactly CAI with
-      the bank's sources converted to grey (Poisson editing is linear and per channel), without copying the
-      bank; the mask keeps CAI's mask where the luminance changed by more than 7/255.
-    """
-
-    def __init__(self, name: str, base: Synthesiser, variant: str, threshold: float = 7 / 255) -> None:
-        self.name, self.base, self.variant, self.threshold = name, base, variant, threshold
-        if variant.startswith("x"):
-            self.repeats = int(variant[1:])
-        elif variant == "grey":
-            self.repeats = 1
-        else:
-            raise ValueError(f"unknown CAI variant {variant!r}")
-
-    def prepare(self, normals, image_keys):
-        self.base.prepare(normals, image_keys)
-
-    def generate(self, images, keys, ids=None):
-        if self.variant == "grey":
-            out, mask = self.base.generate(images, keys, ids)
-            w = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
-            dy = ((out - images) * w).sum(1, keepdim=True)
-            grey = (images + dy).clamp(0, 1)
-            mask = mask * (dy.abs() > self.threshold).to(mask.dtype)
-            return torch.where(mask.bool().expand_as(grey).any(1, keepdim=True).expand_as(grey), grey, images), mask
-        cur = images
-        union = torch.zeros_like(images[:, :1])
-        for j in range(self.repeats):
-            k = keys if j == 0 else rng.derive(keys.to(torch.int64).cpu(), j).to(keys.device)
-            cur, m = self.base.generate(cur, k, ids)
-            union = torch.maximum(union, (m > 0).to(union.dtype))
-        return cur, union

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
-from cai_aug.engine.config import MODES
+from cai_aug.engine.config import MODES, CAIConfig
 from cai_aug.frontends.offline import run_local
 from cai_aug.io.demo_data import write_demo_bank, write_demo_normals
 
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="cai_aug_demo", help="output folder (cai_aug_demo)")
     parser.add_argument("--images", type=int, default=6, help="normal images to draw (6)")
     parser.add_argument("--per-image", type=int, default=4, help="pseudo anomalies per image (4)")
-    parser.add_argument("--mode", choices=MODES, default="normal", help="Poisson guidance (normal)")
+    parser.add_argument("--mode", choices=MODES, default=CAIConfig().mode, help="Poisson guidance (%(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(func=run)

@@ -36,6 +36,9 @@ from cai_aug.io.coerce import as_float_batch, restore_layout
 
 __all__ = ["CAI", "CAIResult", "MODES"]
 
+# Key part of the extra anomalies of an image (config.anomalies > 1): never an attempt number.
+ANOTHER = 1_000_003
+
 _OPTIONS = frozenset(CAIConfig.fields())
 
 
@@ -221,7 +224,10 @@ class CAI:
         foregrounds: torch.Tensor | None = None,
         plan: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> CAIResult:
-        """Make one pseudo anomaly per image.
+        """Make pseudo anomalies: ``config.anomalies`` per image (one by default), one after the other.
+
+        With several, ``info[i]`` holds the first one's decisions, its ``"label"`` says whether any was
+        made, and ``info[i]["more"]`` the others' (each with its own ``"label"``).
 
         Args:
             images: ``(B, C, H, W)`` or ``(C, H, W)``, float in [0, 1] or uint8, C = 1 or 3.
@@ -247,6 +253,37 @@ class CAI:
         if not self.config.use_ils:
             foreground = torch.ones_like(foreground)
 
+        out_images, out_masks, record = self._inject(x, foreground, keys, plan)
+        labels = record.success.clone()
+        info = record.to_info(self.bank)
+        # several anomalies per image: each one more injection into the result so far, with its own
+        # key; its mask is taken against its own input, the image's mask is the union
+        for slot in range(1, self.config.anomalies):
+            out_images, more_masks, more = self._inject(out_images, foreground, rng.derive(keys, ANOTHER, slot))
+            out_masks = torch.maximum(out_masks, more_masks)
+            labels |= more.success
+            for entry, extra in zip(info, more.to_info(self.bank)):
+                entry.setdefault("more", []).append(extra)
+        if self.config.anomalies > 1:
+            for entry, label in zip(info, labels.tolist()):
+                entry["label"] = int(label)
+        labels = labels.float()
+        return CAIResult(
+            images=restore_layout(out_images.to(output_device), layout),
+            masks=out_masks.to(output_device) if layout.batched else out_masks[0].to(output_device),
+            labels=labels.to(output_device) if layout.batched else labels[0].to(output_device),
+            info=info,
+        )
+
+    def _inject(
+        self,
+        x: torch.Tensor,
+        foreground: torch.Tensor,
+        keys: torch.Tensor,
+        plan: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, _Record]:
+        """One pseudo anomaly per image, redrawn up to ``max_attempts`` times: ``(images, masks, record)``."""
+        batch, device = x.shape[0], x.device
         out_images, out_masks = x.clone(), torch.zeros_like(x[:, :1])
         record = _Record(batch, device)
         pending = torch.arange(batch, device=device)
@@ -264,14 +301,7 @@ class CAI:
         if record.fallback.any() and not self._warned_fallback:
             self._warned_fallback = True
             warn_fallback(int(record.fallback.sum()))
-        labels = record.success.float()
-        info = record.to_info(self.bank)
-        return CAIResult(
-            images=restore_layout(out_images.to(output_device), layout),
-            masks=out_masks.to(output_device) if layout.batched else out_masks[0].to(output_device),
-            labels=labels.to(output_device) if layout.batched else labels[0].to(output_device),
-            info=info,
-        )
+        return out_images, out_masks, record
 
     def _keys(self, keys, batch: int) -> torch.Tensor:
         if keys is None:

@@ -71,6 +71,9 @@ class CAIConfig:
         Resolution of ``R'`` (the reference rounds to one decimal); None draws it continuously.
     max_attempts : int
         Draws per sample before it is returned unchanged and labelled normal (>= 1).
+    anomalies : int
+        Pseudo anomalies per image (>= 1), injected one after the other with their own keys; the
+        mask is their union (each one's difference mask taken against its own input).
     use_poisson, use_stm, use_ils : bool
         Ablation switches: paste under the mask instead of Poisson editing; ``R'`` uniform in
         ``[0.1, 1]`` whatever the source's type; centre anywhere with the box inside the image.
@@ -108,6 +111,7 @@ class CAIConfig:
     allow_upscale: bool = True
     ratio_decimals: int | None = 1
     max_attempts: int = 8
+    anomalies: int = 1
     use_poisson: bool = True
     use_stm: bool = True
     use_ils: bool = True
@@ -134,6 +138,7 @@ class CAIConfig:
         if self.ratio_decimals is not None:
             set_(self, "ratio_decimals", _integer("ratio_decimals", self.ratio_decimals, 0))
         set_(self, "max_attempts", _integer("max_attempts", self.max_attempts, 1))
+        set_(self, "anomalies", _integer("anomalies", self.anomalies, 1))
         for name in ("use_poisson", "use_stm", "use_ils", "grey_injection"):
             set_(self, name, _boolean(name, getattr(self, name)))
         if self.atol is not None:

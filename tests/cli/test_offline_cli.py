@@ -102,3 +102,17 @@ def test_bad_engine_flag_is_a_clear_cli_error(normals, demo_bank_dir, tmp_path, 
     assert _synth(normals, demo_bank_dir, tmp_path / "out", "--median", "4") == 2
     assert "median must be an odd" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # checked before any work
+
+
+def test_preset_flag_starts_from_the_preset_and_given_flags_win(demo_bank_dir, tmp_path):
+    from cai_aug import CAIConfig
+    from cai_aug.cli import build_parser
+    from cai_aug.cli.options import engine_config
+
+    argv = ["synth", "--normal", str(tmp_path), "--bank", str(demo_bank_dir), "--out", str(tmp_path / "o")]
+    args = build_parser().parse_args([*argv, "--preset", "paper"])
+    assert engine_config(args) == CAIConfig.preset("paper")
+    assert args.grey_injection is False  # written back for the Ray driver
+    # a flag given with the class default's value still overrides the preset
+    args = build_parser().parse_args([*argv, "--preset", "paper", "--grey-injection", "--mode", "both"])
+    assert engine_config(args) == CAIConfig.preset("paper").replace(grey_injection=True, mode="both")

@@ -169,3 +169,64 @@ def test_engine_pickles_for_dataloader_workers(cai, demo_targets):
     clone = pickle.loads(pickle.dumps(cai))
     keys = cai.sample_keys(["a", "b", "c", "d"])
     assert torch.equal(clone(demo_targets, keys=keys).images, cai(demo_targets, keys=keys).images)
+
+
+def test_both_mode_solves_each_sample_as_its_drawn_mode_alone(demo_bank, demo_targets):
+    keys = list(range(demo_targets.shape[0]))
+    both = CAI(demo_bank, seed=0, mode="both")(demo_targets, keys=keys)
+    single = {mode: CAI(demo_bank, seed=0, mode=mode)(demo_targets, keys=keys) for mode in ("normal", "mixed")}
+    drawn = [info["poisson_mode"] for info in both.info]
+    assert set(drawn) == {"normal", "mixed"}  # the demo batch draws both
+    for i, mode in enumerate(drawn):
+        assert torch.equal(both.images[i], single[mode].images[i])
+        assert torch.equal(both.masks[i], single[mode].masks[i])
+
+
+def test_both_mode_draws_about_half_mixed_from_the_keys():
+    from cai_aug.engine import rng
+    from cai_aug.engine.injection import mixed_guidance
+
+    keys = rng.sample_keys(3, list(range(4000)))
+    share = mixed_guidance(keys, "both").float().mean().item()
+    assert 0.47 < share < 0.53
+    assert torch.equal(mixed_guidance(keys[:10], "both"), mixed_guidance(keys, "both")[:10])
+    assert not mixed_guidance(keys, "normal").any() and mixed_guidance(keys, "mixed").all()
+
+
+def test_grey_target_given_as_three_channels_gets_colour_only_without_grey_injection(demo_bank, demo_targets):
+    grey = demo_targets[:, :1].expand(-1, 3, -1, -1).contiguous()
+    kept = CAI(demo_bank, seed=0)(grey, keys=list(range(grey.shape[0])))
+    coloured = CAI(demo_bank, seed=0, grey_injection=False)(grey, keys=list(range(grey.shape[0])))
+    spread = lambda images: (images.amax(1) - images.amin(1)).max().item()  # noqa: E731
+    assert spread(kept.images) == 0.0
+    assert spread(coloured.images) > 0.05  # the demo bank's sources are coloured
+
+
+def test_paper_preset_is_one_argument_away(demo_bank):
+    from cai_aug import CAIConfig
+
+    cai = CAI(demo_bank, preset="paper", seed=0)
+    assert cai.config == CAIConfig.preset("paper")
+    assert (cai.mode, cai.grey_injection, cai.atol) == ("normal", False, None)
+    assert CAI(demo_bank, preset="paper", margin=4, seed=0).config == CAIConfig.preset("paper").replace(margin=4)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        CAI(demo_bank, preset="papers", seed=0)
+    with pytest.raises(ValueError, match="either config or preset"):
+        CAI(demo_bank, CAIConfig(), preset="paper", seed=0)
+
+
+def test_several_anomalies_are_injections_in_a_row_with_the_union_as_mask(demo_bank, demo_targets):
+    from cai_aug.engine import rng
+    from cai_aug.engine.cai import ANOTHER
+
+    keys = rng.sample_keys(0, list(range(demo_targets.shape[0])))
+    three = CAI(demo_bank, seed=0, anomalies=3)(demo_targets, keys=keys)
+    one = CAI(demo_bank, seed=0)
+    foreground = one.estimate_foreground(demo_targets)  # the object's, estimated once on the normal image
+    images, union = demo_targets, torch.zeros_like(demo_targets[:, :1])
+    for slot in range(3):
+        step = one(images, keys=keys if slot == 0 else rng.derive(keys, ANOTHER, slot), foregrounds=foreground)
+        images, union = step.images, torch.maximum(union, step.masks)
+    assert torch.equal(three.images, images) and torch.equal(three.masks, union)
+    assert all(len(info["more"]) == 2 for info in three.info)
+    assert torch.equal(three.labels, (three.masks.flatten(1).sum(1) > 0).float())

@@ -88,6 +88,7 @@ def test_parse_cai_names():
         "use_poisson": True,
         "use_stm": True,
         "use_ils": True,
+        "anomalies": 1,
     }
     spec = parse_cai_name("cai-m-no-stm-no-ils@6:2:2")
     assert spec["mode"] == "mixed" and spec["quotas"] == (6, 2, 2)
@@ -101,6 +102,12 @@ def test_parse_cai_names_with_per_sample_guidance_and_the_paper_preset():
     spec = parse_cai_name("cai-n-paper")
     assert spec["mode"] == "normal" and spec["preset"] == "paper"
     assert valid_synth("cai-b-x3") and valid_synth("cai-n-paper-x2") and not valid_synth("cai-q")
+
+
+def test_several_anomalies_per_image_is_the_engines_option(bank):
+    args = parse_args(["--data", "unused", "--bank", str(bank), "--synth", "cai-b-x3"])
+    synth = build_synthesiser("cai-b-x3", args, seed=0)
+    assert synth.cai.config.anomalies == 3 and synth.cai.config.mode == "both"
 
 
 def test_cli_rejects_unknown_synth(tmp_path):

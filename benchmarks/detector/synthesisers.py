@@ -324,7 +324,7 @@ class DRAEM(Synthesiser):
 
 class CAISynth(Synthesiser):
     """CAI from the engine; ``switches`` are the ablation flags (use_poisson, use_stm, use_ils);
-    ``anomalies`` per image and ``preset`` are the engine's options of those names."""
+    ``anomalies`` per image, ``paste_weight`` and ``preset`` are the engine's options of those names."""
 
     def __init__(
         self,
@@ -339,6 +339,7 @@ class CAISynth(Synthesiser):
         foreground: str = "auto",
         preset: str = "default",
         anomalies: int = 1,
+        paste_weight: float = 0.0,
         **switches: bool,
     ) -> None:
         from cai_aug import CAI, AnomalyBank
@@ -355,6 +356,7 @@ class CAISynth(Synthesiser):
                 mode=mode,
                 quotas=tuple(quotas),
                 anomalies=anomalies,
+                paste_weight=paste_weight,
                 foreground=foreground,
                 seed=seed,
                 device=device,

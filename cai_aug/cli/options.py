@@ -33,6 +33,7 @@ HELP = {
     "use_stm": "source-target matching (--no-use-stm: R' uniform in [0.1, 1], the paper's ablation)",
     "use_ils": "injection location selection (--no-use-ils: anywhere, foreground ignored)",
     "atol": "Poisson stop at this estimated max pixel error in image units ('none': exact solve to rtol)",
+    "paste_weight": "largest weight of a plain paste of the source over the Poisson result (0: Poisson alone)",
     "grey_injection": "a grey target receives the source's luminance only (--no-grey-injection: its colour)",
     "rtol": "Poisson solver relative residual",
     "max_iter": "Poisson solver iteration limit",

@@ -21,7 +21,7 @@ from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.config import MODES, CAIConfig
 from cai_aug.engine.foreground import ForegroundCache, resolve
-from cai_aug.engine.injection import Injection, inject, injection_mask, mixed_guidance
+from cai_aug.engine.injection import Injection, inject, injection_mask, mixed_guidance, paste_weights
 from cai_aug.engine.location import Placement, place_pattern
 from cai_aug.engine.matching import (
     TYPE_NAMES,
@@ -138,10 +138,8 @@ class CAI:
             reference settings, :meth:`CAIConfig.preset`).
         seed: base of every key; None draws one at construction.
         device: compute device (default: the images' device); results come back on the input's device.
-        **overrides: engine options on top of ``config``, by name (``mode``, ``quotas``, ``foreground``,
-            ``threshold``, ``margin``, ``median``, ``min_mask_pixels``, ``allow_upscale``,
-            ``ratio_decimals``, ``max_attempts``, ``use_poisson``, ``use_stm``, ``use_ils``, ``atol``,
-            ``grey_injection``, ``rtol``, ``max_iter``, ``backend``); each is documented and checked by ``CAIConfig``.
+        **overrides: engine options on top of ``config``, by name (``mode``, ``quotas``, ``anomalies``,
+            ``paste_weight`` ... every field of ``CAIConfig``, which documents and checks each).
 
     The options are read back as ``cai.config`` (and, as before, as attributes: ``cai.mode`` ...).
     A bad option fails here, at construction, with the option's name in the message.
@@ -358,6 +356,7 @@ class CAI:
             use_poisson=config.use_poisson,
             use_ils=config.use_ils,
             grey_injection=config.grey_injection,
+            paste_weight=paste_weights(keys, config.paste_weight),
             rtol=config.rtol,
             atol=config.atol,
             max_iter=config.max_iter,

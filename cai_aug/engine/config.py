@@ -84,6 +84,10 @@ class CAIConfig:
     grey_injection : bool
         A grey target (one channel, or three equal ones) receives the source's luminance only, never
         its colour (True, the default); False injects the source's colour as the paper does.
+    paste_weight : float
+        In ``[0, 1]``: each sample moves its Poisson result inside the pattern mask towards a plain
+        paste of the source by a weight drawn uniformly in ``[0, paste_weight]`` (0, the paper: Poisson
+        editing alone). Crisp-edged pseudo anomalies for domains whose defects have hard edges.
     rtol, max_iter, backend
         Poisson solver settings (see :func:`cai_aug.poisson_blend`); the first of ``rtol`` and ``atol``
         met stops a plane.
@@ -117,6 +121,7 @@ class CAIConfig:
     use_ils: bool = True
     atol: float | None = 1 / 255
     grey_injection: bool = True
+    paste_weight: float = 0.0
     rtol: float = 1e-4
     max_iter: int = 200
     backend: Backend = "auto"
@@ -143,6 +148,7 @@ class CAIConfig:
             set_(self, name, _boolean(name, getattr(self, name)))
         if self.atol is not None:
             set_(self, "atol", _real("atol", self.atol, 0.0, math.inf, "(0, inf) or None", low_open=True))
+        set_(self, "paste_weight", _real("paste_weight", self.paste_weight, 0.0, 1.0, "[0, 1]", high_closed=True))
         set_(self, "rtol", _real("rtol", self.rtol, 0.0, math.inf, "(0, inf)", low_open=True))
         set_(self, "max_iter", _integer("max_iter", self.max_iter, 0))
         set_(self, "backend", _choice("backend", self.backend, BACKENDS))
@@ -275,11 +281,13 @@ def _foreground(value: Any) -> Any:
     return str(value)
 
 
-def _real(name: str, value: Any, low: float, high: float, text: str, *, low_open: bool = False) -> float:
+def _real(
+    name: str, value: Any, low: float, high: float, text: str, *, low_open: bool = False, high_closed: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
-    if not (low < value if low_open else low <= value) or not value < high:
+    if not (low < value if low_open else low <= value) or not (value <= high if high_closed else value < high):
         raise ValueError(f"{name} must lie in {text}, got {value}")
     return value
 

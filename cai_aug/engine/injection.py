@@ -80,6 +80,14 @@ def mixed_guidance(keys: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.full(keys.shape, mode == "mixed", dtype=torch.bool, device=keys.device)
 
 
+def paste_weights(keys: torch.Tensor, largest: float) -> torch.Tensor | float:
+    """Per-sample weight of a plain paste over the Poisson result: uniform in ``[0, largest]`` from each
+    sample's key (stream ``PASTE``), ``(B,)``; the float 0.0 when ``largest`` is 0 (Poisson alone)."""
+    if largest <= 0:
+        return 0.0
+    return rng.uniform(keys, rng.Stream.PASTE)[:, 0] * largest
+
+
 def blend_region(pattern_mask: torch.Tensor, margin: int) -> torch.Tensor:
     """Omega: the pattern mask closed, then dilated, by a ``margin x margin`` square.
 
@@ -104,6 +112,7 @@ def inject(
     use_poisson: bool = True,
     use_ils: bool = True,
     grey_injection: bool = True,
+    paste_weight: torch.Tensor | float = 0.0,
     rtol: float = 1e-4,
     atol: float | None = None,
     max_iter: int = 200,
@@ -125,6 +134,9 @@ def inject(
         use_poisson: False pastes the pattern under its mask instead (the "without PE" ablation).
         grey_injection: a 3-channel target whose channels are equal receives the source's luminance
             only (a 1-channel target always does: it has room for nothing else).
+        paste_weight: ``(B,)`` or a float in [0, 1]: inside the pattern mask the Poisson result is moved
+            this far towards a plain paste of the source (0: Poisson editing alone; 1: the source's own
+            pixels with the pattern's crisp edge, the solve still smoothing Omega's rim around it).
         rtol, atol, max_iter, backend: Poisson solver settings (:func:`cai_aug.poisson.poisson_blend_canvases`).
     Returns:
         the :class:`Injection` (canvases of size ``max pattern + 2 (margin + 2)``; one host sync for it).
@@ -162,6 +174,10 @@ def inject(
             iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
         # in place: the solve is a new tensor (or, with nothing to solve, the target: already in [0, 1])
         blended = blended.clamp_(0, 1)
+        if isinstance(paste_weight, torch.Tensor) or paste_weight > 0:
+            weight = torch.as_tensor(paste_weight, dtype=blended.dtype, device=device).reshape(-1, 1, 1, 1)
+            under = (pattern_mask & inside & placed[:, None, None, None]).to(blended.dtype)
+            blended = blended + (weight * under) * (pattern_rgb - blended)
     else:
         blended = torch.where(pattern_mask & inside, pattern_rgb, target)
     if use_ils:

@@ -60,6 +60,7 @@ class Stream(IntEnum):
     APPLY = 5  # whether a sample is augmented at all (front ends with p < 1)
     EXTRA = 7  # extensions beyond the paper (CDM's class and noise draws, folded with their own parts)
     MODE = 8  # Poisson guidance per sample (mode="both")
+    PASTE = 9  # weight of a plain paste over the Poisson result (paste_weight > 0)
 
 
 def hash_part(part: int | str | bytes) -> int:

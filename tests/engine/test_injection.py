@@ -93,3 +93,31 @@ def test_grey_images_are_those_with_equal_channels():
     images[3] = 0.5
     expected = (images[:, :1] == images[:, 1:]).flatten(1).all(dim=1)
     assert grey_images(images).tolist() == [False, True, False, True] and torch.equal(grey_images(images), expected)
+
+
+def test_paste_weight_moves_the_pattern_towards_the_source_and_keeps_the_rim(injected, demo_targets):
+    images, poisson, storage, source, placement = injected
+    args = (images, torch.ones_like(images[:, :1], dtype=torch.bool), storage, source, placement)
+    placed = torch.ones(3, dtype=torch.bool)
+    weight = torch.tensor([0.0, 0.5, 1.0])
+    mixed = inject(*args, placed, margin=8, paste_weight=weight)
+    pasted = inject(*args, placed, margin=8, use_poisson=False)  # the source under its pattern mask
+    pad = 8 + 2
+    _, pattern = render_patterns(storage, source, placement.height, placement.width, *poisson.images.shape[-2:], pad)
+    under = pattern.expand_as(poisson.images)
+    assert torch.equal(mixed.images[0], poisson.images[0])  # weight 0: Poisson alone
+    assert torch.allclose(mixed.images[2][under[2]], pasted.images[2][under[2]])  # weight 1: the source there
+    half = 0.5 * (poisson.images[1] + pasted.images[1])
+    assert torch.allclose(mixed.images[1][under[1]], half[under[1]], atol=1e-6)
+    assert torch.equal(mixed.images[~under], poisson.images[~under])  # Omega's rim stays the Poisson solve
+
+
+def test_paste_weights_are_drawn_per_sample_up_to_the_largest():
+    from cai_aug.engine import rng
+    from cai_aug.engine.injection import paste_weights
+
+    keys = rng.sample_keys(0, list(range(2000)))
+    weights = paste_weights(keys, 0.6)
+    assert weights.shape == (2000,) and 0.0 <= weights.min() and weights.max() <= 0.6
+    assert 0.27 < weights.mean().item() < 0.33
+    assert paste_weights(keys, 0.0) == 0.0

@@ -89,6 +89,7 @@ def test_parse_cai_names():
         "use_stm": True,
         "use_ils": True,
         "anomalies": 1,
+        "paste_weight": 0.0,
     }
     spec = parse_cai_name("cai-m-no-stm-no-ils@6:2:2")
     assert spec["mode"] == "mixed" and spec["quotas"] == (6, 2, 2)
@@ -108,6 +109,7 @@ def test_several_anomalies_per_image_is_the_engines_option(bank):
     args = parse_args(["--data", "unused", "--bank", str(bank), "--synth", "cai-b-x3"])
     synth = build_synthesiser("cai-b-x3", args, seed=0)
     assert synth.cai.config.anomalies == 3 and synth.cai.config.mode == "both"
+    assert build_synthesiser("cai-n-x2-p50", args, seed=0).cai.config.paste_weight == 0.5
 
 
 def test_cli_rejects_unknown_synth(tmp_path):

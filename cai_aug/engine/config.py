@@ -105,7 +105,7 @@ class CAIConfig:
     they still accept go through :meth:`replace`, so every option is checked here and only here.
     """
 
-    mode: Mode = "normal"
+    mode: Mode = "both"
     quotas: tuple[float, float, float] | str = (4.0, 3.0, 3.0)
     foreground: ForegroundMode | Callable[..., Any] = "auto"
     threshold: float = 7 / 255
@@ -115,7 +115,7 @@ class CAIConfig:
     allow_upscale: bool = True
     ratio_decimals: int | None = 1
     max_attempts: int = 8
-    anomalies: int = 1
+    anomalies: int = 3
     use_poisson: bool = True
     use_stm: bool = True
     use_ils: bool = True
@@ -235,7 +235,7 @@ class CAIConfig:
 #: Named configurations (:meth:`CAIConfig.preset`): options that differ from the class defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "paper": {"mode": "normal", "quotas": (4.0, 3.0, 3.0), "grey_injection": False, "atol": None},
+    "paper": {"mode": "normal", "quotas": (4.0, 3.0, 3.0), "anomalies": 1, "grey_injection": False, "atol": None},
 }
 
 

@@ -173,8 +173,10 @@ def test_engine_pickles_for_dataloader_workers(cai, demo_targets):
 
 def test_both_mode_solves_each_sample_as_its_drawn_mode_alone(demo_bank, demo_targets):
     keys = list(range(demo_targets.shape[0]))
-    both = CAI(demo_bank, seed=0, mode="both")(demo_targets, keys=keys)
-    single = {mode: CAI(demo_bank, seed=0, mode=mode)(demo_targets, keys=keys) for mode in ("normal", "mixed")}
+    both = CAI(demo_bank, seed=0, mode="both", anomalies=1)(demo_targets, keys=keys)
+    single = {
+        mode: CAI(demo_bank, seed=0, mode=mode, anomalies=1)(demo_targets, keys=keys) for mode in ("normal", "mixed")
+    }
     drawn = [info["poisson_mode"] for info in both.info]
     assert set(drawn) == {"normal", "mixed"}  # the demo batch draws both
     for i, mode in enumerate(drawn):
@@ -221,7 +223,7 @@ def test_several_anomalies_are_injections_in_a_row_with_the_union_as_mask(demo_b
 
     keys = rng.sample_keys(0, list(range(demo_targets.shape[0])))
     three = CAI(demo_bank, seed=0, anomalies=3)(demo_targets, keys=keys)
-    one = CAI(demo_bank, seed=0)
+    one = CAI(demo_bank, seed=0, anomalies=1)
     foreground = one.estimate_foreground(demo_targets)  # the object's, estimated once on the normal image
     images, union = demo_targets, torch.zeros_like(demo_targets[:, :1])
     for slot in range(3):

@@ -13,32 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from cai_aug.engine.config import BACKENDS, FOREGROUNDS, MODES, PRESETS, CAIConfig
+from cai_aug.engine.config import BACKENDS, FOREGROUNDS, MODES, OPTION_HELP, PRESETS, CAIConfig
 
-# Help per option; defaults and choices come from CAIConfig.
-HELP = {
-    "mode": "Poisson guidance: source gradients (normal), the larger of source and target (mixed), or one of "
-    "the two per image (both)",
-    "quotas": "large:medium:small synthesis-type quotas",
-    "foreground": "foreground estimator (where an anomaly may go)",
-    "threshold": "difference-mask threshold T in image units (7/255: the reference's > 7 of 255)",
-    "margin": "kernel size that closes and dilates the pattern mask into the solved region Omega",
-    "median": "odd median filter size of the difference mask",
-    "min_mask_pixels": "a pseudo anomaly with a smaller mask is redrawn",
-    "allow_upscale": "allow enlarging a source (r = R'/R > 1)",
-    "ratio_decimals": "decimals of R' ('none': continuous)",
-    "max_attempts": "draws per image before it is written as normal",
-    "anomalies": "pseudo anomalies injected into each image, one after the other (mask: their union)",
-    "use_poisson": "Poisson editing (--no-use-poisson pastes the pattern: the paper's ablation)",
-    "use_stm": "source-target matching (--no-use-stm: R' uniform in [0.1, 1], the paper's ablation)",
-    "use_ils": "injection location selection (--no-use-ils: anywhere, foreground ignored)",
-    "atol": "Poisson stop at this estimated max pixel error in image units ('none': exact solve to rtol)",
-    "paste_weight": "largest weight of a plain paste of the source over the Poisson result (0: Poisson alone)",
-    "grey_injection": "a grey target receives the source's luminance only (--no-grey-injection: its colour)",
-    "rtol": "Poisson solver relative residual",
-    "max_iter": "Poisson solver iteration limit",
-    "backend": "Poisson solver backend",
-}
 CHOICES = {"mode": MODES, "foreground": FOREGROUNDS, "backend": BACKENDS}
 
 
@@ -69,7 +45,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(CAIConfig):
         name, value = field.name, getattr(default, field.name)
         flag = "--" + name.replace("_", "-")
-        help_text = HELP.get(name, name)
+        help_text = OPTION_HELP[name]
         if isinstance(value, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset, help=help_text)
         elif name == "quotas":

@@ -183,3 +183,9 @@ def test_engine_accepts_a_config_dict(demo_bank):
 def test_mode_given_positionally_is_a_clear_error(demo_bank):
     with pytest.raises(TypeError, match="mode='mixed'"):
         CAI(demo_bank, "mixed")  # type: ignore[arg-type]
+
+
+def test_every_option_has_one_help_line():
+    from cai_aug.engine.config import OPTION_HELP
+
+    assert set(OPTION_HELP) == set(CAIConfig.fields())

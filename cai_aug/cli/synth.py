@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -58,7 +59,51 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def check_folders(out: str, **inputs: str) -> None:
+    """Refuse an output folder that equals, contains or lies inside an input folder.
+
+    Writing there would overwrite the user's inputs, or read the run's own outputs back as inputs.
+
+    Raises
+    ------
+    ValueError
+        Naming both folders.
+    """
+    target = Path(out).resolve()
+    overlaps = []
+    for flag, folder in inputs.items():
+        source = Path(folder).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            overlaps.append(f"--{flag} {folder}")
+    if overlaps:
+        raise ValueError(f"--out {out} overlaps {', '.join(overlaps)}: the output folder must lie outside every input")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Cheap checks of the parsed flags, before any bank, image or cluster is touched.
+
+    Raises
+    ------
+    ValueError
+        A bad value, named.
+    """
+    if args.per_image < 1:
+        raise ValueError(f"--per-image must be at least 1, got {args.per_image}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {args.device}: not a torch device ({error})") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    if not Path(args.bank).is_dir():
+        raise ValueError(f"--bank {args.bank}: the bank folder does not exist")
+    if not Path(args.normal).is_dir():
+        raise ValueError(f"--normal {args.normal}: the normal image folder does not exist")
+    check_folders(args.out, normal=args.normal, bank=args.bank)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     if args.engine == "ray":
         from cai_aug.frontends.ray import run_ray  # optional stack
 

@@ -12,6 +12,7 @@ from cai_aug.cli.options import add_engine_options, engine_config
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
 from cai_aug.frontends.offline import run_local
+from cai_aug.io.output import folder_lock
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +88,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     ValueError
         A bad value, named.
     """
+    engine_config(args)  # the engine's own bounds, before the bank or the output folder is touched
     if args.per_image < 1:
         raise ValueError(f"--per-image must be at least 1, got {args.per_image}")
     try:
@@ -104,6 +106,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
+    with folder_lock(args.out):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from cai_aug.frontends.ray import run_ray  # optional stack
 

@@ -21,10 +21,11 @@ Used by ``cai-aug synth`` (local and Ray) and ``cai-aug cdm-sample``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,52 @@ from cai_aug.io.preview import contact_sheet
 MANIFEST = "manifest.jsonl"
 SKIPPED = "skipped.jsonl"
 PREVIEW = "preview.png"
+LOCK = ".cai_aug.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(root: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``root``'s writer lock (a file holding our pid) for the duration; one writer per folder.
+
+    A lock whose process is dead (a killed run) is taken over.
+
+    Raises
+    ------
+    ValueError
+        Another live process holds the folder, naming its pid.
+    """
+    path = Path(root) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # a stale lock removed between our tries by another taker: try again
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _alive(holder):
+                raise ValueError(f"output folder {root} is in use by process {holder} (lock {path})") from None
+            path.unlink(missing_ok=True)  # its writer died: take it over
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    raise ValueError(f"output folder {root}: could not take the lock {path}")
 
 
 def output_stem(image_key: str, index: int, tag: str = "") -> str:

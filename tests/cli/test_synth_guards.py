@@ -64,3 +64,29 @@ def test_bad_flags_are_refused_before_any_work(normals, demo_bank_dir, tmp_path,
 def test_cuda_without_cuda_is_refused(normals, demo_bank_dir, tmp_path):
     argv = ["--normal", str(normals), "--bank", str(demo_bank_dir), "--out", str(tmp_path / "out")]
     _refused(_cli(*argv, "--device", "cuda"), "CUDA")
+
+
+def test_a_second_writer_on_one_output_folder_is_refused_naming_the_holder(normals, demo_bank_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".cai_aug.lock").write_text(f"{holder.pid}\n")
+        result = _cli("--normal", str(normals), "--bank", str(demo_bank_dir), "--out", str(out), "--per-image", "1")
+        _refused(result, str(holder.pid))
+        assert not (out / "manifest.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_dead_writer_is_taken_over(normals, demo_bank_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".cai_aug.lock").write_text(f"{dead.pid}\n")
+    result = _cli("--normal", str(normals), "--bank", str(demo_bank_dir), "--out", str(out), "--per-image", "1")
+    assert result.returncode == 0, result.stderr
+    assert (out / "manifest.jsonl").read_text().strip()
+    assert not (out / ".cai_aug.lock").exists()

@@ -25,7 +25,17 @@ def test_disk_full_is_one_line_without_traceback(
 
     monkeypatch.setattr(synth, "run_local", full_disk)
     monkeypatch.setattr(synth, "make_engine", lambda args: None)
-    argv = ["synth", "--normal", str(tmp_path), "--bank", str(tmp_path), "--out", str(tmp_path / "out")]
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "bank").mkdir()
+    argv = [
+        "synth",
+        "--normal",
+        str(tmp_path / "normal"),
+        "--bank",
+        str(tmp_path / "bank"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "cai-aug synth: error: cannot write out/images/a.png: No space left on device"

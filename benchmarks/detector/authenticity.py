@@ -191,9 +191,9 @@ def seam_ratio(images: Sequence, masks: Sequence) -> float:
 
 
 def load_feature_extractor(path: str | Path) -> nn.Module:
-    """A feature extractor from a local file: TorchScript (``torch.jit.save``) or a pickled
-    ``nn.Module`` (``torch.save(model)``) mapping ``(B,3,H,W)`` uint8 images to ``(B,D)`` features, e.g.
-    torch-fidelity's Inception-v3 ``FeatureExtractorInceptionV3`` saved with its weights."""
+    """A feature extractor from a local TorchScript file (``torch.jit.save``) mapping ``(B,3,H,W)``
+    uint8 images to ``(B,D)`` features, e.g. torch-fidelity's Inception-v3 ``FeatureExtractorInceptionV3``
+    scripted with its weights. A pickled module is refused: unpickling runs arbitrary code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--fid-weights {path}: no such file (FID needs locally stored Inception weights)")
@@ -201,18 +201,11 @@ def load_feature_extractor(path: str | Path) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception:  # noqa: BLE001 - not TorchScript: try a pickled module
-        pass
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"--fid-weights {path}: unreadable ({exc})") from exc
-    if not isinstance(obj, nn.Module):
+    except Exception as exc:  # noqa: BLE001 - anything but TorchScript is refused, never unpickled
         raise ValueError(
-            f"--fid-weights {path}: holds a {type(obj).__name__}, not a module; save the whole feature "
-            "extractor (torch.jit.save or torch.save(model)), not a state dict"
-        )
-    return obj.eval()
+            f"--fid-weights {path}: not a TorchScript file ({type(exc).__name__}); save the feature extractor "
+            "with torch.jit.save(torch.jit.script(model)) - pickled modules are never loaded"
+        ) from exc
 
 
 class _Wrapped(nn.Module):

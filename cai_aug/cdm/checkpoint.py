@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -117,4 +118,9 @@ def load_training_state(folder: str | Path) -> dict[str, Any] | None:
     path = Path(folder) / STATE
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refuses arbitrary objects: say which file, in one line
+        raise ValueError(
+            f"{path}: holds objects other than tensors and plain values; refused (never unpickled)"
+        ) from exc

@@ -7,7 +7,9 @@ plane keeps a plane's arrays in the cache and has no per-call overhead (measured
 ``benchmarks/speed/poisson_speed.py`` and the README).
 
 The library is compiled once per source version and machine into a cache folder (``CAI_AUG_CACHE``,
-else ``~/.cache/cai_aug``, else the temp folder: the first writable one) with ``g++``/``c++`` (``CXX``
+else ``~/.cache/cai_aug``, else the temp folder: the first one owned by the user, created with mode
+0700, that nobody else may write; a library file there is loaded only if it is the user's own and
+nobody else may write it) with ``g++``/``c++`` (``CXX``
 overrides), which adds about 3 s to the first solve of a process that finds no build there. Any
 failure (no compiler, no writable folder, a load error) logs once and leaves the torch loop in charge:
 same algorithm, same stopping rules, slower. ``CAI_AUG_POISSON_CPU_KERNEL=0`` turns it off.
@@ -21,6 +23,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -71,12 +74,27 @@ def _cache_dirs() -> list[Path]:
     return [*dirs, Path(tempfile.gettempdir()) / "cai_aug"]
 
 
-def _writable(folder: Path) -> bool:
+def _private(path: Path, *, folder: bool) -> bool:
+    """Whether ``path`` is the current user's own and nobody else may write it (no symbolic link).
+
+    Why: a library loaded from the cache runs its constructors in this process, so a folder or a
+    file that another user owns or may write would let that user run code as us.
+    """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        st = path.lstat()
     except OSError:
         return False
-    return os.access(folder, os.W_OK)
+    kind = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
+    return kind and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _safe_folder(folder: Path) -> bool:
+    """Create ``folder`` with mode 0700 if missing; whether it is a private folder of the current user."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return _private(folder, folder=True) and os.access(folder, os.W_OK)
 
 
 def _compiler() -> str | None:
@@ -95,12 +113,18 @@ def _build() -> ctypes.CDLL:
     for flags in _FLAG_SETS:
         key = hashlib.sha256(src + " ".join([cxx, *flags, *_COMMON]).encode() + _cpu_identity().encode()).hexdigest()
         name = f"poisson_cpu_{key[:16]}.so"
-        built = [d / name for d in _cache_dirs() if (d / name).exists()]
+        safe = [d for d in _cache_dirs() if _safe_folder(d)]
+        if not safe:
+            raise _NoSafeFolder(
+                "no cache folder owned by this user and writable by nobody else "
+                f"({', '.join(str(d) for d in _cache_dirs())})"
+            )
+        built = [d / name for d in safe if _private(d / name, folder=False)]
         lib_path = built[0] if built else None
         if lib_path is None:
-            folder = next((d for d in _cache_dirs() if _writable(d)), None)
-            if folder is None:
-                raise RuntimeError("no writable cache folder for the compiled solver")
+            folder = safe[0]
+            if (folder / name).exists():  # a file that is not ours or that others may write: never loaded
+                raise _NoSafeFolder(f"{folder / name} is not owned by this user or is writable by others")
             lib_path = folder / name
             # build under a private name, then rename: concurrent processes never load a half-written file
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
@@ -135,6 +159,10 @@ def _build() -> ctypes.CDLL:
     raise RuntimeError("compilation failed: " + " | ".join(errors))
 
 
+class _NoSafeFolder(RuntimeError):
+    """No private cache folder (or an unsafe library file in it): the torch loop is used, with a warning."""
+
+
 def _library() -> ctypes.CDLL | None:
     if "lib" in _state:
         return _state["lib"]  # type: ignore[return-value]
@@ -142,6 +170,9 @@ def _library() -> ctypes.CDLL | None:
         if "lib" not in _state:
             try:
                 _state["lib"] = _build()
+            except _NoSafeFolder as exc:  # a security refusal: said loudly, once
+                logger.warning("cai_aug.poisson: compiled CPU solver not loaded (%s); using the torch loop", exc)
+                _state["lib"] = None
             except Exception as exc:  # any failure: the torch path stays in charge
                 logger.info("cai_aug.poisson: compiled CPU solver unavailable (%s); using the torch loop", exc)
                 _state["lib"] = None

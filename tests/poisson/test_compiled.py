@@ -136,3 +136,41 @@ def test_a_fresh_cache_folder_gets_a_build_that_loads(monkeypatch, tmp_path) -> 
     monkeypatch.setattr(cpu_kernel, "_state", {})
     assert cpu_kernel.available()
     assert [p.suffix for p in tmp_path.rglob("*") if p.is_file()] == [".so"]  # no half-written file left
+
+
+def _fresh(monkeypatch, dirs) -> None:
+    monkeypatch.setattr(cpu_kernel, "_cache_dirs", lambda: dirs)
+    monkeypatch.setattr(cpu_kernel, "_state", {})
+    monkeypatch.delenv(cpu_kernel.ENV_SWITCH, raising=False)
+
+
+def test_a_new_cache_folder_is_created_private(monkeypatch, tmp_path) -> None:
+    _fresh(monkeypatch, [tmp_path / "cache"])
+    cpu_kernel.available()
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_folder_others_may_write_is_refused_with_one_warning(monkeypatch, tmp_path, caplog) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    _fresh(monkeypatch, [shared])
+    with caplog.at_level(logging.WARNING, logger=cpu_kernel.__name__):
+        assert not cpu_kernel.available()
+        assert not cpu_kernel.available()
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert list(shared.iterdir()) == []  # nothing built there
+
+
+@needs_compiled
+def test_a_library_others_may_write_is_never_loaded(monkeypatch, tmp_path, caplog) -> None:
+    folder = tmp_path / "cache"
+    _fresh(monkeypatch, [folder])
+    assert cpu_kernel.available()
+    (lib,) = folder.glob("*.so")
+    lib.write_bytes(b"planted")  # a load attempt would fail with an OSError, not the refusal
+    lib.chmod(0o666)
+    _fresh(monkeypatch, [folder])
+    with caplog.at_level(logging.WARNING, logger=cpu_kernel.__name__):
+        assert not cpu_kernel.available()
+    assert "writable by others" in caplog.text

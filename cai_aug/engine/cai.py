@@ -19,7 +19,7 @@ import torch
 
 from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
-from cai_aug.engine.config import MODES, CAIConfig
+from cai_aug.engine.config import MODES, CAIConfig, check_device
 from cai_aug.engine.foreground import ForegroundCache, resolve
 from cai_aug.engine.injection import Injection, inject, injection_mask, mixed_guidance, paste_weights
 from cai_aug.engine.location import Placement, place_pattern
@@ -170,7 +170,7 @@ class CAI:
         self.bank = bank
         self.config = CAIConfig.build(config, preset=preset, **overrides)
         self.seed = int.from_bytes(os.urandom(7), "little") if seed is None else int(seed)
-        self.device = None if device is None else torch.device(device)
+        self.device = check_device(device)
         self._foreground = ForegroundCache(resolve(self.config.foreground))
         self._calls = 0
         self._warned_fallback = False

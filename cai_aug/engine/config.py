@@ -338,3 +338,25 @@ def _boolean(name: str, value: Any) -> bool:
     if not (isinstance(value, bool) or numpy_bool):  # 1, "yes", None: a typo, not a switch
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def check_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` (None stays None), or a ValueError when it is malformed or absent.
+
+    Every constructor that takes ``device=`` calls this, so ``device="cuda"`` on a machine without CUDA
+    fails at construction rather than on the first batch.
+    """
+    import torch  # the options themselves stay torch-free; only the device needs it
+
+    if device is None:
+        return None
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asks for CUDA, but CUDA is not available on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved

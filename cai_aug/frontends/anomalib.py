@@ -56,7 +56,9 @@ class CAIAnomalyGenerator(CAIAugment):
     Parameters
     ----------
     bank : path or AnomalyBank
-        Anomaly bank folder or ``AnomalyBank``; ``anomaly_source_path`` is accepted as an alias.
+        Anomaly bank folder or ``AnomalyBank``; ``anomaly_source_path`` is accepted as an alias. The
+        positional order is ``PerlinAnomalyGenerator``'s: ``(anomaly_source_path, probability,
+        blend_factor)``; ``seed`` is keyword-only.
     probability : float
         Chance of an anomaly per image (a keyed draw, see ``CAIAugment``).
     seed : int or None
@@ -85,10 +87,10 @@ class CAIAnomalyGenerator(CAIAugment):
         self,
         bank: BankLike | None = None,
         probability: float = 0.5,
-        seed: int | None = 0,
-        *,
-        anomaly_source_path: str | os.PathLike | None = None,
         blend_factor: float | tuple[float, float] | None = None,
+        *,
+        seed: int | None = 0,
+        anomaly_source_path: str | os.PathLike | None = None,
         rotation_range: tuple[float, float] | None = None,
         dual_mask: bool | None = None,
         classes: Sequence[str] | None = None,

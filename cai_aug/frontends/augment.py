@@ -18,7 +18,7 @@ from torch import nn
 
 from cai_aug.engine import rng
 from cai_aug.engine.cai import CAI
-from cai_aug.engine.config import CAIConfig
+from cai_aug.engine.config import CAIConfig, check_device
 from cai_aug.frontends.common import (
     BankLike,
     apply_draws,
@@ -80,7 +80,7 @@ class CAIAugment(nn.Module):
         self.exclude = exclude
         self.per_rank = per_rank
         self.rank = rank
-        self.device = device
+        self.device = check_device(device)
         self.epoch = 0
         self.calls = 0
 

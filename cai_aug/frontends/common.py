@@ -19,7 +19,7 @@ import torch
 from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
-from cai_aug.engine.config import CAIConfig
+from cai_aug.engine.config import CAIConfig, check_device
 
 __all__ = [
     "BankLike",
@@ -110,6 +110,7 @@ def get_engine(
     per (bank, config, device) can be shared.
     """
     config = CAIConfig.build(config, **overrides)
+    device = check_device(device)
     loaded = load_bank(bank, classes, exclude)
     key = (id(loaded), _config_key(config), None if device is None else str(torch.device(device)), seed)
     if key not in _ENGINES:

@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cai_aug.frontends.anomalib import CAIAnomalyGenerator
-from cai_aug.frontends.common import BankLike, mask_value_for
+from cai_aug.frontends.common import BankLike, check_p, mask_value_for
 
 
 class RandomCrossDomainAnomaly(v2.Transform):
@@ -70,6 +70,11 @@ class RandomCrossDomainAnomaly(v2.Transform):
     @property
     def p(self) -> float:
         return self.generator.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        # torchvision transforms expose ``p`` as a plain attribute that users set after construction
+        self.generator.p = check_p(value)
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` of the keyed sequence (see ``CAIAugment.set_epoch``)."""

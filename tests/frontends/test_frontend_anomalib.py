@@ -297,3 +297,13 @@ def test_readme_anomalib_yaml_builds_through_anomalib_cli(tmp_path: Path, monkey
     cli = AnomalibCLI(["train", "--config", "cai_draem.yaml"], run=False)
     assert type(cli.model).__module__ == "cai_aug.anomalib" and type(cli.model).__name__ == "CAIDraem"
     assert cli.model.augmenter.probability == 0.5 and cli.model.augmenter.follow_host_seed
+
+
+def test_positional_order_is_perlins(bank: Path) -> None:
+    """``(anomaly_source_path, probability, blend_factor)`` as ``PerlinAnomalyGenerator`` takes them."""
+    perlin = PerlinAnomalyGenerator(str(bank), 0.5, (0.1, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = CAIAnomalyGenerator(bank, 0.5, (0.1, 1.0))
+    assert ours.probability == perlin.probability == 0.5
+    assert ours.seed == 0  # the third positional is the blend factor, never the seed

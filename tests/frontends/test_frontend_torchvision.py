@@ -131,3 +131,13 @@ def test_readme_torchvision_snippet_runs(
     namespace = run_readme("torchvision", tmp_path, monkeypatch)
     assert isinstance(namespace["image"], tv_tensors.Image) and isinstance(namespace["mask"], tv_tensors.Mask)
     assert namespace["image"].dtype == torch.float32 and namespace["mask"].shape == (1, 128, 128)
+
+
+def test_p_is_a_settable_attribute(bank: Path, image: tv_tensors.Image) -> None:
+    """As on torchvision's own random transforms, ``t.p = ...`` after construction takes effect."""
+    op = RandomCrossDomainAnomaly(bank, p=1.0)
+    op.p = 0.0
+    assert op.p == 0.0
+    assert torch.equal(_sample(image)["image"], op(_sample(image))["image"])
+    with pytest.raises(ValueError, match="p must lie in"):
+        op.p = 2.0

@@ -97,10 +97,14 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device}: not a torch device ({error})") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
-    if not Path(args.bank).is_dir():
-        raise ValueError(f"--bank {args.bank}: the bank folder does not exist")
-    if not Path(args.normal).is_dir():
-        raise ValueError(f"--normal {args.normal}: the normal image folder does not exist")
+    for flag, folder, what in (("--bank", args.bank, "bank folder"), ("--normal", args.normal, "normal image folder")):
+        path = Path(folder)
+        if not path.exists():
+            raise ValueError(f"{flag} {folder}: the {what} does not exist")
+        if not path.is_dir():
+            raise ValueError(f"{flag} {folder}: is not a folder (the {what})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file, not a folder")
     check_folders(args.out, normal=args.normal, bank=args.bank)
 
 

@@ -81,5 +81,5 @@ def test_fid_weights_errors(tmp_path):
         auth.load_feature_extractor(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ValueError, match="not a TorchScript file"):
         auth.load_feature_extractor(bad)

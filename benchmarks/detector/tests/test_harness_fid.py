@@ -39,5 +39,5 @@ def test_state_dict_is_a_clear_error(tmp_path):
 
     path = tmp_path / "sd.pt"
     torch.save(_TinyFeatures().state_dict(), path)
-    with pytest.raises(ValueError, match="not a module"):
+    with pytest.raises(ValueError, match="not a TorchScript file"):
         auth.load_feature_extractor(path)

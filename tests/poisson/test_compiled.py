@@ -168,6 +168,9 @@ def test_a_library_others_may_write_is_never_loaded(monkeypatch, tmp_path, caplo
     _fresh(monkeypatch, [folder])
     assert cpu_kernel.available()
     (lib,) = folder.glob("*.so")
+    # a new file in its place, never the loaded one rewritten: truncating a mapped library makes this
+    # process die with SIGBUS when the loader touches it again (at exit at the latest)
+    lib.unlink()
     lib.write_bytes(b"planted")  # a load attempt would fail with an OSError, not the refusal
     lib.chmod(0o666)
     _fresh(monkeypatch, [folder])

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path, PurePosixPath
 
-from cai_aug.io.output import output_stem
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
@@ -101,15 +99,25 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from cai_aug.cdm import CDMSampler
     from cai_aug.io.images import image_keys
-    from cai_aug.io.output import OutputFolder
+    from cai_aug.io.output import OutputFolder, describe_inputs, run_offline
 
+    if args.per_image < 1 or args.batch_size < 1:
+        raise ValueError(f"--per-image and --batch-size must be at least 1, got {args.per_image}, {args.batch_size}")
     keys = image_keys(args.normal, what="normal image folder")
-    output = OutputFolder(args.out, resume=args.resume)  # refuse a used folder before loading the model
+    run = {
+        "synthesiser": "cdm",
+        **{name: getattr(args, name) for name in ("seed", "per_image", "steps", "guidance_scale", "resolution")},
+        "adaptive_attention": args.adaptive_attention,
+        "classes": args.classes,
+        **{name: str(Path(getattr(args, name)).resolve()) for name in ("pretrained", "checkpoint")},
+        "masks": None if args.masks is None else str(args.masks.resolve()),
+        "bank": None if args.bank is None else str(args.bank.resolve()),
+        "inputs": describe_inputs(keys),
+    }
+    output = OutputFolder(args.out, resume=args.resume, run=run)  # refuse a used folder before loading the model
+    from cai_aug.cdm import CDMSampler
+
     sampler = CDMSampler(
         args.pretrained,
         args.checkpoint,
@@ -122,53 +130,48 @@ def run_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    jobs = [(key, k) for key in keys for k in range(args.per_image) if k not in output.done_indices(key)]
-    with tqdm(total=len(jobs), desc="cdm-sample") as bar:
-        for start in range(0, len(jobs), args.batch_size):
-            chunk = jobs[start : start + args.batch_size]
-            for group in _same_size_groups(_read_jobs(chunk, args, output)):
-                images = torch.stack([image.pixels for _, _, image, _ in group])
-                masks = torch.stack([mask for *_, mask in group]) if args.masks else None
-                result = sampler.generate(images, masks=masks, keys=[f"{key}#{k}" for key, k, _, _ in group])
-                for i, (key, k, image, _) in enumerate(group):
-                    stem = output_stem(key, k, "cdm")
-                    record = {
-                        "image": f"images/{stem}.png",
-                        "mask": f"masks/{stem}_mask.png",
-                        "normal": key,
-                        "index": k,
-                        "seed": args.seed,
-                        "source_class": result.classes[i],
-                        "synthesiser": "cdm",
-                    }
-                    # the input's own mode and depth (grey stays grey, 16-bit stays 16-bit, alpha kept)
-                    output.add(record, image.restore(result.images[i]), result.masks[i])
-            bar.update(len(chunk))
-    output.sort_manifest(keys)
-    output.write_preview(missing_ok=True)
+    produce = _producer(sampler, args, output)
+    run_offline(output, keys, produce, per_image=args.per_image, strict=args.strict, desc="cdm-sample")
     skipped = f"; skipped {len(output.skipped)} input(s), see {output.root / 'skipped.jsonl'}" if output.skipped else ""
-    print(f"cdm-sample: {len(output.records())} pseudo anomalies -> {args.out}{skipped}")
+    total = len(output.records())
+    print(f"cdm-sample: wrote {output.written} pseudo anomalies ({total} in all) -> {args.out}{skipped}")
     return 0
 
 
-def _read_jobs(chunk: list[tuple[str, int]], args: argparse.Namespace, output) -> list[tuple]:
-    """``(key, k, image, mask)`` of the jobs whose inputs are usable; the others go to ``skipped.jsonl``
-    (or, with ``--strict``, stop the run)."""
-    from cai_aug.io.coerce import load_image
+def _producer(sampler, args: argparse.Namespace, output):
+    """The outcomes of the keys to do: read, generated in batches of one image shape, one per key."""
+    import torch
 
-    read = []
-    for key, k in chunk:
-        try:
-            image = load_image(args.normal / key, name=key)
-            mask = _read_mask(args.masks, key, image.pixels.shape[-2:]) if args.masks else None
-        except ValueError as error:
-            if args.strict:
-                raise ValueError(f"{error} (--strict stops at the first input that cannot be used)") from error
-            output.skip(key, str(error))
-            continue
-        output.unskip(key)
-        read.append((key, k, image, mask))
-    return read
+    from cai_aug.io.coerce import load_image
+    from cai_aug.io.output import Outcome, new_record
+
+    def produce(todo: list[str]):
+        step = max(1, args.batch_size // args.per_image)  # whole inputs per chunk: one outcome per key
+        for start in range(0, len(todo), step):
+            read, made = [], {}
+            for key in todo[start : start + step]:
+                try:
+                    image = load_image(args.normal / key, name=key)
+                    mask = _read_mask(args.masks, key, image.pixels.shape[-2:]) if args.masks else None
+                except ValueError as error:
+                    made[key] = Outcome(key, reason=str(error))
+                    continue
+                made[key] = Outcome(key)
+                done = output.done_indices(key)
+                read += [(key, k, image, mask) for k in range(args.per_image) if k not in done]
+            for group in _same_size_groups(read):
+                for first in range(0, len(group), args.batch_size):
+                    batch = group[first : first + args.batch_size]
+                    images = torch.stack([image.pixels for _, _, image, _ in batch])
+                    masks = torch.stack([mask for *_, mask in batch]) if args.masks else None
+                    result = sampler.generate(images, masks=masks, keys=[f"{key}#{k}" for key, k, _, _ in batch])
+                    for i, (key, k, image, _) in enumerate(batch):
+                        record = new_record(key, k, args.seed, "cdm", source_class=result.classes[i], synthesiser="cdm")
+                        # the input's own mode and depth (grey stays grey, 16-bit stays 16-bit, alpha kept)
+                        made[key].made.append((record, image.restore(result.images[i]), result.masks[i]))
+            yield from made.values()
+
+    return produce
 
 
 def _same_size_groups(jobs: list[tuple]) -> list[list[tuple]]:

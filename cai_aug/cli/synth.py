@@ -89,8 +89,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         A bad value, named.
     """
     engine_config(args)  # the engine's own bounds, before the bank or the output folder is touched
-    if args.per_image < 1:
-        raise ValueError(f"--per-image must be at least 1, got {args.per_image}")
+    counts = {"--per-image": args.per_image, "--batch-size": args.batch_size, "--workers": args.workers}
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -109,22 +111,32 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file or folder name is shown, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     check_arguments(args)
     with folder_lock(args.out):
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
+    engine = make_engine(args)  # the bank is read here, before any Ray instance starts
+    run_options = {"per_image": args.per_image, "resume": args.resume, "strict": args.strict}
     if args.engine == "ray":
         from cai_aug.frontends.ray import run_ray  # optional stack
 
-        engine_config(args)  # check the options here, not inside the actors
-        output = run_ray(args)
+        ray_options = {"address": args.address, "workers": args.workers, "batch_size": args.batch_size}
+        output = run_ray(args.normal, engine, args.out, **run_options, **ray_options)
     else:
-        output = run_local(
-            args.normal, make_engine(args), args.out, per_image=args.per_image, resume=args.resume, strict=args.strict
-        )
-    print(f"wrote {len(output.records())} pseudo anomalies to {output.root} (preview: {output.root / 'preview.png'})")
+        output = run_local(args.normal, engine, args.out, **run_options)
+    total = len(output.records())
+    preview = output.root / "preview.png"
+    shown = f" (preview: {preview})" if preview.exists() else ""
+    if args.resume and output.written == 0:
+        print(f"nothing left to do: {output.root} already holds the whole run ({total} pseudo anomalies){shown}")
+    else:
+        in_all = f" ({total} in all)" if total != output.written else ""
+        print(f"wrote {output.written} pseudo anomalies to {output.root}{in_all}{shown}")
     if output.skipped:
         print(
             f"skipped {len(output.skipped)} input image(s) that could not be used: see {output.root / 'skipped.jsonl'}",

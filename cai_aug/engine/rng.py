@@ -70,7 +70,7 @@ def hash_part(part: int | str | bytes) -> int:
     if isinstance(part, int):
         return _mix_int(part + _GOLDEN)
     if isinstance(part, str):
-        part = part.encode("utf-8")
+        part = part.encode("utf-8", "surrogateescape")  # a file name's own bytes, UTF-8 or not
     if isinstance(part, bytes):
         return int.from_bytes(hashlib.blake2b(part, digest_size=8).digest(), "little")
     raise TypeError(f"key parts must be int, str or bytes, got {type(part).__name__}")

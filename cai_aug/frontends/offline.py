@@ -1,31 +1,44 @@
 """Offline generation: a folder of normal images -> an MVTec-style folder of pseudo anomalies.
 
-Layout written (see :mod:`cai_aug.io.output`): ``<out>/images/<stem>_<k>.png``,
-``<out>/masks/<stem>_<k>_mask.png``, ``<out>/manifest.jsonl`` (one record per pseudo anomaly),
-``<out>/skipped.jsonl`` (input images that could not be used, with why) and ``<out>/preview.png``.
-``<stem>`` is the image's path relative to the input folder with ``/`` replaced by ``__``; that relative
-path is also the image key, so results do not depend on which process or batch made them.
+Layout written (see :mod:`cai_aug.io.output`, which owns every path and record):
+``<out>/images/<stem>_<k>.png``, ``<out>/masks/<stem>_<k>_mask.png``, ``<out>/manifest.jsonl`` (one
+record per pseudo anomaly), ``<out>/skipped.jsonl`` (input images that could not be used, with why),
+``<out>/run.json`` (what defines the run) and ``<out>/preview.png``. ``<stem>`` comes from the image's
+path relative to the input folder (:func:`~cai_aug.io.output.key_stem`); that relative path is also the
+image key, so results do not depend on which process or batch made them.
 
 Formats are kept: a pseudo anomaly is written in its input's mode and bit depth (8-bit grey stays 8-bit
-grey, 16-bit stays 16-bit, RGB stays RGB, an alpha channel is copied unchanged), and a grey input (one
-channel, or three equal ones) receives a grey anomaly. An input that cannot be used (unreadable, empty,
-truncated, too small) is named in ``skipped.jsonl`` and the run goes on, or, with ``strict``, stops
-there. ``resume=True`` continues a killed run exactly.
+grey, 16-bit stays 16-bit, RGB stays RGB, an alpha channel is copied unchanged). Whether a grey image
+stored as RGB receives a grey anomaly is the engine's decision (``grey_injection``), as online. An
+input that cannot be used (unreadable, empty, truncated, too small, over the pixel limit) is named in
+``skipped.jsonl`` and the run goes on, or, with ``strict``, stops there. ``resume=True`` continues a
+killed run exactly, and refuses a run made with other settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cai_aug.engine.algorithm1 import PseudoAnomaly, synthesize
 from cai_aug.engine.cai import CAI
-from cai_aug.io.coerce import CoercedImage, is_grey, load_image
+from cai_aug.io.coerce import CoercedImage, load_image
 from cai_aug.io.images import image_keys
-from cai_aug.io.output import MANIFEST, SKIPPED, OutputFolder, output_stem
+from cai_aug.io.output import (
+    MANIFEST,
+    SKIPPED,
+    Outcome,
+    OutputFolder,
+    describe_inputs,
+    digest,
+    new_record,
+    output_stem,
+    run_offline,
+)
 
 __all__ = [
     "MANIFEST",
@@ -33,15 +46,13 @@ __all__ = [
     "OfflineRecord",
     "OutputFolder",
     "list_normals",
-    "load_normal",
     "make_records",
     "manifest_record",
     "nothing_placed",
-    "output_stem",
     "read_normal",
+    "run_identity",
     "run_local",
     "synthesize_normal",
-    "write_records",
 ]
 
 
@@ -69,33 +80,22 @@ def make_records(cai: CAI, image: torch.Tensor, image_key: str, per_image: int) 
     return [OfflineRecord(image_key, k, anomaly) for k, anomaly in enumerate(anomalies)]
 
 
-def synthesize_normal(
-    cai: CAI, image: CoercedImage, image_key: str, per_image: int, *, checked: bool = False
-) -> list[OfflineRecord]:
-    """:func:`make_records` for a read image, grey kept grey.
+def synthesize_normal(cai: CAI, image: CoercedImage, image_key: str, per_image: int) -> list[OfflineRecord]:
+    """:func:`make_records` for a read image, on the engine's device.
 
-    A grey image given as three equal channels goes through the engine as one channel (the engine then
-    injects the source's luminance only) and comes back as three equal channels.
-
-    Parameters
-    ----------
-    checked
-        Raise a ``ValueError`` naming the image when the engine fails on it or places no pseudo anomaly
-        at all (instead of returning an empty list), so a run can name it in ``skipped.jsonl``.
+    Raises
+    ------
+    ValueError
+        Naming the image, when the engine fails on it or places no pseudo anomaly at all (a run names
+        it in ``skipped.jsonl`` instead of dropping it silently).
     """
     pixels = image.pixels.to(cai.device or image.pixels.device)
-    grey_rgb = pixels.shape[0] == 3 and is_grey(pixels)
     try:
-        records = make_records(cai, pixels[:1] if grey_rgb else pixels, image_key, per_image)
+        records = make_records(cai, pixels, image_key, per_image)
     except ValueError as error:
-        if not checked:
-            raise
         raise ValueError(f"image {image_key}: the engine failed on it: {error}") from error
-    if checked and not records:  # a valid image, but none of the bank's patterns fits it: never drop it silently
+    if not records:  # a valid image, but none of the bank's patterns fits it
         raise ValueError(nothing_placed(image_key))
-    if grey_rgb:
-        for record in records:
-            record.anomaly = replace(record.anomaly, image=record.anomaly.image.expand(3, -1, -1))
     return records
 
 
@@ -107,25 +107,18 @@ _NOT_IN_MANIFEST = ("slot", "poisson_iterations", "poisson_residual")
 def manifest_record(record: OfflineRecord, seed: int) -> dict:
     """The manifest line of a record: its files, its input key, its index, the seed and the engine's info."""
     info = {k: v for k, v in record.anomaly.info.items() if k not in _NOT_IN_MANIFEST}
-    return {
-        "image": f"images/{record.stem}.png",
-        "mask": f"masks/{record.stem}_mask.png",
-        "normal": record.image_key,
-        "index": record.index,
-        "seed": seed,
-        **info,
-    }
+    return new_record(record.image_key, record.index, seed, **info)
 
 
-def write_records(output: OutputFolder, records: Iterable[OfflineRecord], image: CoercedImage, seed: int) -> int:
-    """Write the records of one input image in its own format; returns how many were new."""
-    written = 0
-    for record in records:
-        if record.index in output.done_indices(record.image_key):
-            continue  # done by an earlier (killed) run: encoding it again would be wasted work
-        pixels = image.restore(record.anomaly.image)
-        written += output.add(manifest_record(record, seed), pixels, record.anomaly.mask)
-    return written
+def outcome(cai: CAI, image: CoercedImage, key: str, per_image: int, skip: set[int] = frozenset()) -> Outcome:
+    """The :class:`~cai_aug.io.output.Outcome` of one read input: its records with their pixels in the
+    input's own form (indices in ``skip`` are left out: an earlier run recorded them)."""
+    made = [
+        (manifest_record(record, cai.seed), image.restore(record.anomaly.image), record.anomaly.mask)
+        for record in synthesize_normal(cai, image, key, per_image)
+        if record.index not in skip
+    ]
+    return Outcome(key, made)
 
 
 def nothing_placed(image_key: str) -> str:
@@ -139,20 +132,45 @@ def read_normal(folder: str | Path, image_key: str) -> CoercedImage:
     Raises
     ------
     ValueError
-        Unreadable, empty, truncated, or smaller than any usable pattern (the reason is in the message).
+        Unreadable, empty, truncated, over the pixel limit, or smaller than any usable pattern (the
+        reason is in the message).
     """
     return load_image(Path(folder) / image_key, name=image_key)
 
 
-def load_normal(folder: str | Path, image_key: str, channels: int = 3) -> torch.Tensor:
-    """Normal image as a ``(C, H, W)`` float tensor in [0, 1], grey repeated to 3 channels when ``channels == 3``."""
-    pixels = read_normal(folder, image_key).pixels
-    if channels == 3 and pixels.shape[0] == 1:
-        return pixels.expand(3, -1, -1).contiguous()
-    if channels == 1 and pixels.shape[0] == 3:
-        luma = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
-        return (pixels * luma).sum(0, keepdim=True)
-    return pixels
+def run_identity(cai: CAI, keys: Sequence[str], per_image: int) -> dict[str, Any]:
+    """What defines an offline run, as :class:`~cai_aug.io.output.OutputFolder` stores and checks it:
+    the seed, ``per_image``, every engine option, the bank's content and the input keys."""
+    try:
+        options = cai.config.to_dict()
+    except TypeError:  # a callable foreground: named by its qualified name
+        options = {name: getattr(cai.config, name) for name in cai.config.fields()}
+        options = {k: getattr(v, "__qualname__", v) if callable(v) else v for k, v in options.items()}
+        options["quotas"] = list(options["quotas"])
+    bank = cai.bank
+    storage = bank.storage
+    tensors = (storage.pixels, storage.offset, storage.height, storage.width, storage.levels, storage.bbox)
+    content = [f"{e.id}\t{e.cls}\t{e.dataset}".encode("utf-8", "surrogateescape") for e in bank.entries]
+    content += [t.detach().cpu().contiguous().numpy().tobytes() for t in tensors]
+    return {
+        "seed": cai.seed,
+        "per_image": per_image,
+        **options,
+        "bank": f"{len(bank)} sources of {len(bank.classes)} classes ({', '.join(bank.classes)}), "
+        f"digest {digest(content)}",
+        "inputs": describe_inputs(keys),
+    }
+
+
+def _local(cai: CAI, folder: Path, per_image: int, output: OutputFolder):
+    def produce(todo: list[str]) -> Iterator[Outcome]:
+        for key in todo:
+            try:
+                yield outcome(cai, read_normal(folder, key), key, per_image, output.done_indices(key))
+            except ValueError as error:  # one unusable image must not stop a run of thousands
+                yield Outcome(key, reason=str(error))
+
+    return produce
 
 
 def run_local(
@@ -179,7 +197,8 @@ def run_local(
     per_image
         Pseudo anomalies per normal image.
     resume
-        Continue the run in ``out``.
+        Continue the run in ``out``; refused (``ValueError`` naming each difference) when that run was
+        made with another seed, ``per_image``, engine option, bank or set of inputs.
     progress
         Show a progress bar.
     keys
@@ -191,25 +210,13 @@ def run_local(
     Returns
     -------
     OutputFolder
-        The folder; ``.skipped`` holds the inputs that were left out, with why.
+        The folder; ``.written`` counts the records this call added, ``.skipped`` holds the inputs
+        that were left out, with why.
     """
-    from tqdm.auto import tqdm
-
+    if per_image < 1:
+        raise ValueError(f"per_image must be at least 1, got {per_image}")
     folder = Path(normal)
     keys = list(keys) if keys is not None else list_normals(folder)
-    output = OutputFolder(out, resume=resume)
-    todo = [key for key in keys if not output.is_done(key, per_image)]
-    for key in tqdm(todo, desc="cai-aug synth", unit="image", disable=not progress):
-        try:
-            image = read_normal(folder, key)
-            records = synthesize_normal(cai, image, key, per_image, checked=True)
-        except ValueError as error:
-            # one unusable image must not stop a run of thousands: it is named, with why, and skipped
-            if strict:
-                raise ValueError(f"{error} (strict: stopped at the first input that cannot be used)") from error
-            output.skip(key, str(error))
-            continue
-        output.unskip(key)
-        write_records(output, records, image, cai.seed)
-    output.write_preview(missing_ok=True)
-    return output
+    output = OutputFolder(out, resume=resume, run=run_identity(cai, keys, per_image))
+    produce = _local(cai, folder, per_image, output)
+    return run_offline(output, keys, produce, per_image=per_image, strict=strict, progress=progress)

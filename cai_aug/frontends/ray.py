@@ -12,14 +12,13 @@ Two entry points:
   layout, dtype and channels: grey stays grey, uint16 stays uint16, alpha is copied) and ``mask``
   (``H x W`` uint8, 0/255). Images of different sizes in one dataset are fine: numpy batches of ragged
   images arrive, and leave, as object arrays.
-* :func:`run_ray`, the ``cai-aug synth --engine ray`` back end: the same folder layout, manifest records
-  and preview as the local engine (:func:`cai_aug.frontends.offline.run_local`). The actors read the normal
-  images and write the pseudo anomalies themselves (atomically, under a temporary name, then renamed), so the
-  input and output folders must be reachable by every worker (a shared file system on a multi-node
-  cluster). The driver appends a manifest record only after the actor that made it has returned, i.e.
-  after both of its files exist, so ``--resume`` continues a killed run exactly. Batches are recorded as
-  they finish; at the end the manifest is put in the local engine's order. Inputs that cannot be used
-  go to ``skipped.jsonl`` exactly as the local engine names them (or stop the run with ``strict``).
+* :func:`run_ray`, the ``cai-aug synth --engine ray`` back end, with the signature of the local engine
+  (:func:`cai_aug.frontends.offline.run_local`) and its runner (:func:`cai_aug.io.output.run_offline`):
+  the same folder layout, records, skips, resume rules and preview. The actors read the normal images
+  and write the pseudo anomalies themselves (atomically), so the input and output folders must be
+  reachable by every worker (a shared file system on a multi-node cluster). The driver records a
+  pseudo anomaly only after the actor that made it has returned, i.e. after both of its files exist,
+  so a resume continues a killed run exactly.
 
 Every random decision is keyed by ``(seed, image key, anomaly index)`` (:mod:`cai_aug.engine.rng`) where the
 image key is the path relative to the input folder: which actor, batch or node processes an image
@@ -33,7 +32,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,23 +41,14 @@ import torch
 
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
-from cai_aug.engine.config import CAIConfig
-from cai_aug.frontends.offline import (
-    OfflineRecord,
-    OutputFolder,
-    list_normals,
-    manifest_record,
-    nothing_placed,
-    read_normal,
-    synthesize_normal,
-)
+from cai_aug.frontends.offline import list_normals, outcome, read_normal, run_identity
 from cai_aug.io.coerce import CoercedImage, coerce_image, require_min_side
-from cai_aug.io.images import write_image, write_mask
+from cai_aug.io.output import Outcome, OutputFolder, output_stem, run_offline, write_files
 
-__all__ = ["CAIMapper", "pool_resources", "relative_key", "run_ray", "sort_manifest", "write_batch"]
+__all__ = ["CAIMapper", "pool_resources", "relative_key", "run_ray", "write_batch"]
 
 # CPUs left free for Ray Data's own tasks (reads, splits) on a local instance: without this, a pool of
-# one-CPU actors that takes every core waits forever for the read task (see NOTES, "Scale-out").
+# one-CPU actors that takes every core waits forever for the read task.
 _RESERVED_CPUS = 0.5
 
 
@@ -197,9 +187,9 @@ class CAIMapper:
         return list(zip(keys, images, skips))
 
     # -------------------------------------------------------------------------------------------- call
-    def synthesize(self, image: CoercedImage, key: str) -> list[OfflineRecord]:
+    def synthesize(self, image: CoercedImage, key: str, skip: set[int] = frozenset()) -> Outcome:
         """Algorithm 1 for one read normal image on the actor's device, as the local engine runs it."""
-        return synthesize_normal(self.cai, image, key, self.per_image, checked=self.skip_bad)
+        return outcome(self.cai, image, key, self.per_image, skip)
 
     def _read(self, key: str, array: Any) -> CoercedImage:
         """The row's image (its ``image`` column, else the file ``root/key``), checked usable."""
@@ -211,51 +201,39 @@ class CAIMapper:
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = ("image_key", "index", "stem", "label", "source_class", "synthesis_type", "record", "skipped")
-        columns: dict[str, list] = {name: [] for name in names}
-        if self.out is None:
-            columns["image"], columns["mask"] = [], []
+        columns: dict[str, list] = {name: [] for name in (*names, "image", "mask")}
 
-        def row(key: str, index: int, stem: str, label: int, source: str, kind: str, record: str, skipped: str):
-            for name, value in zip(names, (key, index, stem, label, source, kind, record, skipped)):
+        def row(key: str, index: int, record: Mapping[str, Any], skipped: str, image: Any, mask: Any) -> None:
+            values = (
+                key,
+                index,
+                output_stem(key, index) if record else "",
+                int(record.get("label", 0)),
+                str(record.get("source_class", "")),
+                str(record.get("synthesis_type", "")),
+                json.dumps(record) if record else "",
+                skipped,
+                image,
+                mask,
+            )
+            for name, value in zip(columns, values):
                 columns[name].append(value)
 
         for key, array, skip in self._rows(batch):
             try:
-                image = self._read(key, array)
-                records = self.synthesize(image, key)
-                if not records and self.skip_bad:
-                    raise ValueError(nothing_placed(key))
+                made = self.synthesize(self._read(key, array), key, skip)
             except ValueError as error:
                 if not self.skip_bad:
                     raise
-                row(key, -1, "", 0, "", "", "", str(error))
-                if self.out is None:
-                    columns["image"].append(None)
-                    columns["mask"].append(None)
+                row(key, -1, {}, str(error), None, None)
                 continue
-            for record in records:
-                if record.index in skip:
-                    continue
-                anomaly = record.anomaly
-                pixels = image.restore(anomaly.image)  # the input's own mode, depth and alpha
+            for record, pixels, mask in made.made:
                 if self.out is not None:
-                    write_image(self.out / "images" / f"{record.stem}.png", pixels)
-                    write_mask(self.out / "masks" / f"{record.stem}_mask.png", anomaly.mask)
+                    write_files(self.out, record, pixels, mask)  # on the worker: the driver only records
+                    pixels, mask = None, None
                 else:
-                    columns["image"].append(np.asarray(pixels))
-                    columns["mask"].append((anomaly.mask[0] > 0.5).to(torch.uint8).mul(255).cpu().numpy())
-                info = anomaly.info
-                line = json.dumps(manifest_record(record, self.seed))
-                row(
-                    key,
-                    record.index,
-                    record.stem,
-                    int(anomaly.label),
-                    str(info.get("source_class")),
-                    str(info.get("synthesis_type")),
-                    line,
-                    "",
-                )
+                    pixels, mask = np.asarray(pixels), (mask[0] > 0.5).to(torch.uint8).mul(255).cpu().numpy()
+                row(key, record["index"], record, "", pixels, mask)
         out = {
             "image_key": np.array(columns["image_key"], dtype=object),
             "index": np.array(columns["index"], dtype=np.int64),
@@ -272,6 +250,26 @@ class CAIMapper:
         return out
 
 
+def outcomes(batch: Mapping[str, np.ndarray]) -> Iterator[Outcome]:
+    """The :class:`~cai_aug.io.output.Outcome` of each input in one output batch of :class:`CAIMapper`."""
+    has_pixels = "image" in batch and "mask" in batch
+    reasons = batch["skipped"] if "skipped" in batch else [""] * len(batch["record"])
+    current: Outcome | None = None
+    for i, (line, reason) in enumerate(zip(batch["record"], reasons)):
+        key = str(batch["image_key"][i])
+        if current is not None and current.key != key:
+            yield current
+            current = None
+        if reason:
+            yield Outcome(key, reason=str(reason))
+            continue
+        current = current or Outcome(key)
+        pixels = (batch["image"][i], np.asarray(batch["mask"][i])) if has_pixels else (None, None)
+        current.made.append((json.loads(line), *pixels))
+    if current is not None:
+        yield current
+
+
 def write_batch(output: OutputFolder, batch: Mapping[str, np.ndarray], *, strict: bool = False) -> int:
     """Write one output batch of :class:`CAIMapper` into an output folder; returns records added.
 
@@ -280,23 +278,10 @@ def write_batch(output: OutputFolder, batch: Mapping[str, np.ndarray], *, strict
     duplicates one. Rows of skipped inputs (``skip_bad``) go to ``skipped.jsonl``, or, with ``strict``,
     stop the run with a ``ValueError``.
     """
-    written = 0
-    has_pixels = "image" in batch and "mask" in batch
-    reasons = batch["skipped"] if "skipped" in batch else [""] * len(batch["record"])
-    for i, (line, reason) in enumerate(zip(batch["record"], reasons)):
-        if reason:
-            key = str(batch["image_key"][i])
-            if strict:
-                raise ValueError(f"{reason} (strict: stopped at the first input that cannot be used)")
-            output.skip(key, str(reason))
-            continue
-        record = json.loads(line)
-        output.unskip(record["normal"])
-        if has_pixels:
-            written += output.add(record, batch["image"][i], np.asarray(batch["mask"][i]))
-        else:
-            written += output.add(record)
-    return written
+    before = output.written
+    for made in outcomes(batch):
+        output.take(made, strict=strict)
+    return output.written - before
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -345,71 +330,97 @@ def pool_resources(workers: int | None, device: str, cluster: Mapping[str, float
     return workers, math.floor(per_cpu * 100) / 100, math.floor(per_gpu * 100) / 100
 
 
-def run_ray(args: Any, *, mapper: type[CAIMapper] = CAIMapper, strict: bool | None = None) -> OutputFolder:
-    """``cai-aug synth --engine ray``: the local engine's output, made by a pool of Ray actors.
+def run_ray(
+    normal: str | os.PathLike,
+    cai: CAI,
+    out: str | os.PathLike,
+    *,
+    per_image: int = 10,
+    resume: bool = False,
+    progress: bool = True,
+    keys: Sequence[str] | None = None,
+    strict: bool = False,
+    address: str | None = None,
+    workers: int | None = None,
+    batch_size: int = 8,
+    mapper: type[CAIMapper] = CAIMapper,
+) -> OutputFolder:
+    """:func:`~cai_aug.frontends.offline.run_local` on a pool of Ray actors: the same folder, records,
+    skips, resume rules and preview.
 
-    Uses ``args.normal``, ``args.bank``, ``args.out``, ``args.per_image``, ``args.seed``, ``args.mode``,
-    ``args.quotas``, ``args.foreground``, ``args.classes``, ``args.exclude``, ``args.device`` (``cuda`` =
-    one GPU per actor), ``args.resume``, ``args.address`` (None: a local instance sized to the machine, or
-    the one this process already runs), ``args.workers``, ``args.batch_size`` and ``args.strict``
-    (overridden by ``strict``: stop at the first input that cannot be used instead of naming it in
-    ``skipped.jsonl``). ``mapper`` is the actor class (a subclass of :class:`CAIMapper`).
+    Parameters
+    ----------
+    normal, cai, out, per_image, resume, progress, keys, strict
+        As :func:`~cai_aug.frontends.offline.run_local`. Each actor gets a copy of ``cai``'s bank, options
+        and seed; ``cai.device`` of type ``cuda`` asks for GPU actors.
+    address
+        Ray cluster address (None: the instance this process runs, else a local one sized to the machine).
+    workers
+        Actors (default: one per CPU, or per GPU).
+    batch_size
+        Images per batch.
+    mapper
+        The actor class (a subclass of :class:`CAIMapper`).
+
+    Returns
+    -------
+    OutputFolder
+        As :func:`~cai_aug.frontends.offline.run_local`.
     """
     import ray
 
-    strict = bool(getattr(args, "strict", False)) if strict is None else strict
-    folder = Path(args.normal).resolve()
-    keys = list_normals(folder)
-    output = OutputFolder(args.out, resume=bool(args.resume))
-    per_image = int(args.per_image)
-    todo = [key for key in keys if not output.is_done(key, per_image)]
-    if todo:
-        started = _start_ray(getattr(args, "address", None))
+    if per_image < 1:
+        raise ValueError(f"per_image must be at least 1, got {per_image}")
+    folder = Path(normal).resolve()
+    keys = list(keys) if keys is not None else list_normals(folder)
+    output = OutputFolder(out, resume=resume, run=run_identity(cai, keys, per_image))
+    device = str(cai.device or "cpu")
+
+    def produce(todo: list[str]) -> Iterator[Outcome]:
+        started = _start_ray(address)
         try:
-            workers, cpus, gpus = pool_resources(
-                getattr(args, "workers", None), getattr(args, "device", "cpu"), ray.cluster_resources()
-            )
-            batch_size = max(1, int(getattr(args, "batch_size", 8) or 8))
-            workers = max(1, min(workers, math.ceil(len(todo) / batch_size)))
+            pool, cpus, gpus = pool_resources(workers, device, ray.cluster_resources())
+            size = max(1, int(batch_size))
+            pool = max(1, min(pool, math.ceil(len(todo) / size)))
             items = [{"key": key, "skip": json.dumps(sorted(output.done_indices(key)))} for key in todo]
-            dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / batch_size))
+            dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / size))
             dataset = dataset.map_batches(
                 mapper,
-                batch_size=batch_size,
+                batch_size=size,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=workers),
+                compute=ray.data.ActorPoolStrategy(size=pool),
                 num_cpus=cpus,
                 num_gpus=gpus,
                 fn_constructor_kwargs={
-                    "bank": str(Path(args.bank).resolve()),
+                    "bank": cai.bank,
                     "per_image": per_image,
-                    "seed": int(args.seed),
+                    "seed": cai.seed,
                     "root": str(folder),
                     "out": str(output.root.resolve()),
                     "device": "auto" if gpus else "cpu",
-                    "classes": args.classes,
-                    "exclude": args.exclude,
                     "skip_bad": True,
-                    # every engine option the caller set (checked here, not inside the actors)
-                    "config": CAIConfig.from_attributes(args).to_dict(),
+                    "config": cai.config,
                 },
             )
             # Batches are recorded as they finish (in any order), so a stopped run keeps all finished work.
-            try:
-                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                    write_batch(output, batch, strict=strict)
-            except Exception as error:
-                # A full disk or a read-only folder seen by a worker: the user's error, not Ray's.
-                cause = _os_error_in(error)
-                if cause is None or cause is error:
-                    raise
-                raise cause from error
+            batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
+            yield from _user_errors(made for batch in batches for made in outcomes(batch))
         finally:
             if started:
                 ray.shutdown()
-    output.sort_manifest(keys)
-    output.write_preview(missing_ok=True)
-    return output
+
+    return run_offline(output, keys, produce, per_image=per_image, strict=strict, progress=progress)
+
+
+def _user_errors(items: Iterable[Outcome]) -> Iterator[Outcome]:
+    """``items``, with a full disk or a read-only folder seen by a worker raised as the user's error, not Ray's."""
+    try:
+        yield from items
+    except Exception as error:
+        cause = _os_error_in(error)
+        if cause is None or cause is error:
+            raise
+        raise cause from error
 
 
 def _os_error_in(error: BaseException) -> OSError | None:
@@ -422,8 +433,3 @@ def _os_error_in(error: BaseException) -> OSError | None:
             return current
         current = getattr(current, "cause", None) or current.__cause__
     return None
-
-
-def sort_manifest(output: OutputFolder, keys: Sequence[str]) -> None:
-    """Put the manifest in the local engine's order (input order of the images, then anomaly index)."""
-    output.sort_manifest(keys)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,19 +100,35 @@ def image_keys(folder: str | os.PathLike, *, what: str = "image folder") -> list
     return [p.relative_to(root).as_posix() for p in list_images(root, what=what)]
 
 
-def open_image(path: str | os.PathLike, name: str | None = None) -> Image.Image:
+# The largest image read (8192 x 8192, 64 Mi pixels): larger ones are refused from their header, before
+# any pixel is decoded (a 100-megapixel RGB file takes over a gigabyte and many seconds to decode).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def open_image(path: str | os.PathLike, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file completely, upright (EXIF orientation applied), in its own mode.
 
-    ``name`` is how error messages call the file (default: its path).
+    ``name`` is how error messages call the file (default: its path). An image of more than
+    ``max_pixels`` pixels (default :data:`MAX_IMAGE_PIXELS`, 8192 x 8192) is refused from its header,
+    without decoding it.
 
     Raises
     ------
     ValueError
-        The file is missing, empty, truncated, not an image or too large to decode safely, with the
-        path and the reason.
+        The file is missing, empty, truncated, not an image or over the pixel limit, with the path and
+        the reason.
     """
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with our limit
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"cannot read image {name or path}: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
+                    f"over the limit of {max_pixels / 1e6:.1f} megapixels (not decoded)"
+                )
             image.load()  # decode now: a truncated file fails here, not later in the engine
             upright = ImageOps.exif_transpose(image)
             return upright if upright is not None else image

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ MANIFEST = "manifest.jsonl"
 SKIPPED = "skipped.jsonl"
 PREVIEW = "preview.png"
 LOCK = ".cai_aug.lock"
+RUN = "run.json"
 
 
 def _alive(pid: int) -> bool:
@@ -87,15 +91,112 @@ def folder_lock(root: str | os.PathLike) -> Iterator[Path]:
     raise ValueError(f"output folder {root}: could not take the lock {path}")
 
 
-def output_stem(image_key: str, index: int, tag: str = "") -> str:
-    """File stem of pseudo anomaly ``index`` of the input image ``image_key``.
+# A hashed stem ends in "-" and ten hex digits; a readable stem never does (see key_stem).
+_DIGEST = re.compile(r"-[0-9a-f]{10}$")
+# Longest stem in UTF-8 bytes: the longest file made from it, ".<stem>_<tag><index>_mask.png.tmp", must
+# stay under the usual file-name limit of 255 bytes.
+MAX_STEM_BYTES = 200
+_PREFIX_BYTES = 120
 
-    The key's folders become ``__`` so nested inputs with the same file name never collide:
-    ``output_stem("sub/a.png", 3) == "sub__a_003"``; ``tag`` names another synthesiser
-    (``"cdm"`` -> ``"sub__a_cdm003"``).
+
+def _plain(text: str) -> bool:
+    """True for text that is a safe file-name part: valid UTF-8, no control characters, not hidden."""
+    if not text or text.startswith("."):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a non-UTF-8 file name (undecodable bytes kept as surrogates)
+        return False
+    return text.isprintable()
+
+
+def _readable(parts: list[str]) -> str:
+    """``parts`` joined by ``__``, each made printable and valid UTF-8, cut to :data:`_PREFIX_BYTES`."""
+    text = "__".join(parts)
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in text).lstrip(".")
+    return text.encode("utf-8")[:_PREFIX_BYTES].decode("utf-8", "ignore") or "image"
+
+
+def key_stem(image_key: str) -> str:
+    """The file stem of an input image key: readable where that is unambiguous, else with a digest.
+
+    The key's folders become ``__`` and a ``.png`` suffix is dropped (``"sub/a.png"`` -> ``"sub__a"``);
+    another suffix stays (``"a.jpg"`` -> ``"a.jpg"``). A key whose readable form could also come from
+    another key (a ``__`` or an outer ``_`` in a part, a ``.`` left in a ``.png`` name, a name without
+    suffix), or that is not a plain UTF-8 name (control characters, undecodable bytes, a leading ``.``),
+    or that is longer than :data:`MAX_STEM_BYTES`, gets a readable prefix and ``-`` plus ten hex digits of
+    its digest (``"sub__b.png"`` -> ``"sub__b-1a2b3c4d5e"``). So two different keys never share files,
+    whatever their names, and every output file name stays within the file system's limit.
     """
-    stem = image_key.rsplit(".", 1)[0].replace("/", "__")
-    return f"{stem}_{tag}{index:03d}"
+    parts = image_key.split("/")
+    base, dot, suffix = parts[-1].rpartition(".")
+    if dot and suffix == "png" and base and "." not in base:
+        last = base
+    elif dot and base:
+        last = parts[-1]
+    else:
+        last = ""  # no suffix: "a" would read as "a.png"
+    named = [*parts[:-1], last]
+    readable = "__".join(named)
+    plain = (
+        all(_plain(p) and p[0] != "_" and p[-1] != "_" and "__" not in p for p in named)
+        and len(readable.encode("utf-8")) <= MAX_STEM_BYTES
+        and not _DIGEST.search(readable)
+    )
+    if plain:
+        return readable
+    digest = hashlib.blake2b(image_key.encode("utf-8", "surrogateescape"), digest_size=5).hexdigest()
+    return f"{_readable(named if last else parts)}-{digest}"
+
+
+def output_stem(image_key: str, index: int, tag: str = "") -> str:
+    """File stem of pseudo anomaly ``index`` of the input image ``image_key``: :func:`key_stem`, the tag
+    of the synthesiser if any (``"cdm"``) and the index.
+
+    >>> output_stem("sub/a.png", 3), output_stem("a.png", 0, "cdm"), output_stem("a.jpg", 1)
+    ('sub__a_003', 'a_cdm000', 'a.jpg_001')
+    """
+    return f"{key_stem(image_key)}_{tag}{index:03d}"
+
+
+def new_record(image_key: str, index: int, seed: int | None = None, tag: str = "", **info: Any) -> dict[str, Any]:
+    """The manifest record of pseudo anomaly ``index`` of ``image_key``: its files (relative to the
+    folder), its input key, its index, the seed and ``info`` (the synthesiser's decisions)."""
+    stem = output_stem(image_key, index, tag)
+    record = {"image": f"images/{stem}.png", "mask": f"masks/{stem}_mask.png", "normal": image_key, "index": index}
+    if seed is not None:
+        record["seed"] = seed
+    return {**record, **info}
+
+
+def digest(parts: Iterable[bytes]) -> str:
+    """Sixteen hex digits of a digest of ``parts`` (each length-prefixed, so no two lists give one text)."""
+    hasher = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        hasher.update(len(part).to_bytes(8, "little"))
+        hasher.update(part)
+    return hasher.hexdigest()
+
+
+def describe_inputs(keys: Sequence[str]) -> str:
+    """The inputs of a run as :class:`OutputFolder` stores them: their count and a digest of their keys."""
+    return f"{len(keys)} images, digest {digest(key.encode('utf-8', 'surrogateescape') for key in keys)}"
+
+
+def write_files(
+    root: str | os.PathLike,
+    record: dict[str, Any],
+    image: torch.Tensor | np.ndarray | Image.Image,
+    mask: torch.Tensor | np.ndarray,
+) -> None:
+    """Write a record's image and mask under ``root`` (atomically), without recording it.
+
+    For workers that write the files while the driver keeps the manifest (:meth:`OutputFolder.add`
+    without pixels records them).
+    """
+    write_image(Path(root) / record["image"], image)
+    write_mask(Path(root) / record["mask"], mask)
 
 
 def append_line(path: Path, line: str) -> None:
@@ -133,7 +234,10 @@ class OutputFolder:
     root
         The folder (created if missing).
     resume
-        Continue the run already in ``root``. Without it, a folder that holds a manifest is refused.
+        Continue the run already in ``root``. Without it, a folder that holds a run is refused.
+    run
+        What defines the run (seed, options, inputs ...: JSON values by name), stored in ``run.json``.
+        A resume with other values is refused, naming each difference. None: nothing stored or checked.
 
     Attributes
     ----------
@@ -141,37 +245,76 @@ class OutputFolder:
         The indices recorded per input key.
     skipped : dict of str to str
         Input keys that could not be used, with the reason.
+    written : int
+        Records added by this object (not by an earlier run).
 
     Raises
     ------
     FileExistsError
         ``root`` holds a run and ``resume`` is False.
+    ValueError
+        ``resume`` of a run made with another ``run``.
     OSError
         ``root`` cannot be created or written (read-only, full), naming it.
     """
 
-    def __init__(self, root: str | os.PathLike, resume: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, resume: bool = False, run: Mapping[str, Any] | None = None) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise FileExistsError(f"output folder {self.root} is a file")
-        manifest = self.root / MANIFEST
-        if manifest.exists() and not resume and manifest.stat().st_size > 0:
-            raise FileExistsError(f"{self.root} already holds a run ({MANIFEST}); pass resume or a new folder")
+        manifest, settings = self.root / MANIFEST, self.root / RUN
+        started = settings.exists() or (manifest.exists() and manifest.stat().st_size > 0)
+        if started and not resume:
+            held = RUN if settings.exists() else MANIFEST
+            raise FileExistsError(f"{self.root} already holds a run ({held}); pass resume or a new folder")
+        self.run = None if run is None else json.loads(json.dumps(dict(run)))  # as it reads back from the file
+        if resume and started and self.run is not None:
+            self._check_run(settings)
         try:
             (self.root / "images").mkdir(parents=True, exist_ok=True)
             (self.root / "masks").mkdir(parents=True, exist_ok=True)
+            if self.run is not None and not settings.exists():
+                # before any record: a folder with records always says which run made them
+                write_bytes(settings, (json.dumps(self.run, indent=1, sort_keys=True) + "\n").encode("utf-8"))
             manifest.touch(exist_ok=True)  # a run that records nothing still has its (empty) manifest
         except OSError as error:
-            raise OSError(error.errno, f"cannot create output folder {self.root}: {error.strerror}") from error
+            reason = os.strerror(error.errno) if error.errno else error.strerror
+            raise OSError(error.errno, f"cannot create output folder {self.root}: {reason}") from error
         if not os.access(self.root, os.W_OK):
             raise PermissionError(errno.EACCES, f"output folder {self.root} is not writable")
         self.done: dict[str, set[int]] = {}
         self.skipped: dict[str, str] = {}
+        self.written = 0
         if resume:
             self._remove_leftovers()
             if manifest.exists():
                 self._load_done(manifest)
             self._load_skipped()
+
+    def _check_run(self, settings: Path) -> None:
+        """Refuse to resume a run made with other settings, naming each difference."""
+        try:
+            stored = json.loads(settings.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(
+                f"cannot resume {self.root}: it holds records but not the settings that made them ({RUN}), so "
+                "the resumed run could not be checked to be the same; write to a new folder"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot resume {self.root}: its {RUN} is unreadable ({error})") from error
+        if not isinstance(stored, dict):
+            raise ValueError(f"cannot resume {self.root}: its {RUN} is not a JSON object")
+        assert self.run is not None
+        differences = [
+            f"{name} {json.dumps(self.run.get(name))} (the run: {json.dumps(stored.get(name))})"
+            for name in dict.fromkeys([*self.run, *stored])
+            if self.run.get(name) != stored.get(name)
+        ]
+        if differences:
+            raise ValueError(
+                f"cannot resume {self.root}: it holds a run made with other settings: {'; '.join(differences)}. "
+                "Resume with the run's settings, or write to a new folder"
+            )
 
     # ------------------------------------------------------------------------------------------ resume
     def _remove_leftovers(self) -> None:
@@ -230,7 +373,7 @@ class OutputFolder:
             ``normal`` (the input key) and ``index``.
         image, mask
             The pixels (see :func:`~cai_aug.io.images.write_image`); None when a worker has already
-            written the files (they must then exist, e.g. on a shared file system).
+            written the files (:func:`write_files`; they must then exist, e.g. on a shared file system).
 
         Raises
         ------
@@ -243,10 +386,8 @@ class OutputFolder:
         if index in self.done.get(key, ()):
             return False
         image_path, mask_path = self.root / record["image"], self.root / record["mask"]
-        if image is not None:
-            write_image(image_path, image)
-        if mask is not None:
-            write_mask(mask_path, mask)
+        if image is not None and mask is not None:
+            write_files(self.root, record, image, mask)
         if not (image_path.exists() and mask_path.exists()):
             raise FileNotFoundError(
                 f"{image_path} or {mask_path} is missing: the output folder must be reachable by every "
@@ -254,7 +395,25 @@ class OutputFolder:
             )
         append_line(self.root / MANIFEST, json.dumps(record))
         self.done.setdefault(key, set()).add(index)
+        self.written += 1
         return True
+
+    def take(self, outcome: Outcome, *, strict: bool = False) -> None:
+        """Record what a synthesiser made of one input: its pseudo anomalies, or why it was skipped.
+
+        Raises
+        ------
+        ValueError
+            The input was skipped and ``strict`` is set: the run stops there.
+        """
+        if outcome.reason:
+            if strict:
+                raise ValueError(f"{outcome.reason} (strict: stopped at the first input that cannot be used)")
+            self.skip(outcome.key, outcome.reason)
+            return
+        self.unskip(outcome.key)
+        for record, image, mask in outcome.made:
+            self.add(record, image, mask)
 
     def skip(self, image_key: str, reason: str) -> None:
         """Name an input image that could not be used in ``skipped.jsonl`` (once, sorted by key)."""
@@ -326,3 +485,79 @@ class OutputFolder:
         path = self.root / PREVIEW
         write_image(path, contact_sheet(images, masks, [caption(r) for r in records]))
         return path
+
+
+Pixels = torch.Tensor | np.ndarray | Image.Image
+
+
+@dataclass
+class Outcome:
+    """What a synthesiser made of one input image.
+
+    Attributes
+    ----------
+    key
+        The input's key.
+    made
+        ``(record, image, mask)`` per pseudo anomaly (see :meth:`OutputFolder.add`; image and mask None
+        when a worker has written the files).
+    reason
+        Why the input could not be used (then ``made`` is empty).
+    """
+
+    key: str
+    made: list[tuple[dict[str, Any], Pixels | None, Pixels | None]] = field(default_factory=list)
+    reason: str = ""
+
+
+def run_offline(
+    output: OutputFolder,
+    keys: Sequence[str],
+    produce: Callable[[list[str]], Iterable[Outcome]],
+    *,
+    per_image: int,
+    strict: bool = False,
+    progress: bool = True,
+    desc: str = "cai-aug synth",
+) -> OutputFolder:
+    """The offline loop of every synthesiser: the inputs not done yet -> records, skips, a preview.
+
+    Parameters
+    ----------
+    output
+        The output folder (opened with the run's settings).
+    keys
+        Every input key of the run, in order.
+    produce
+        Called once with the keys still to do; yields one :class:`Outcome` per key, in any order (the
+        manifest is put in input order at the end).
+    per_image
+        Pseudo anomalies per input: an input with that many records is done.
+    strict
+        Stop with a ``ValueError`` at the first input that cannot be used, instead of naming it in
+        ``skipped.jsonl`` and going on.
+    progress, desc
+        A progress bar and its label.
+
+    Returns
+    -------
+    OutputFolder
+        ``output``; ``.written`` counts the records this call added, ``.skipped`` the inputs left out.
+    """
+    from tqdm.auto import tqdm
+
+    todo = [key for key in keys if not output.is_done(key, per_image)]
+    if todo:
+        outcomes = produce(todo)
+        try:
+            with tqdm(total=len(todo), desc=desc, unit="image", disable=not progress) as bar:
+                for outcome in outcomes:
+                    output.take(outcome, strict=strict)
+                    bar.update(1)
+        finally:
+            close = getattr(outcomes, "close", None)
+            if close is not None:  # a generator's clean-up (a Ray instance it started) runs now
+                close()
+    output.sort_manifest(keys)
+    output.write_preview(missing_ok=True)
+    return output

@@ -20,6 +20,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'cai_aug[ray]')")
 
 from cai_aug.cli import build_parser  # noqa: E402
+from cai_aug.engine.bank import AnomalyBank  # noqa: E402
+from cai_aug.engine.cai import CAI  # noqa: E402
 from cai_aug.frontends.offline import MANIFEST, OutputFolder, run_local  # noqa: E402
 from cai_aug.frontends.ray import CAIMapper, pool_resources, relative_key, run_ray, write_batch  # noqa: E402
 from cai_aug.io.demo_data import demo_images, write_demo_bank, write_demo_normals  # noqa: E402
@@ -66,6 +68,16 @@ def synth_args(data, out, *extra: str):
     argv = ["synth", "--normal", str(data["normal"]), "--bank", str(data["bank"]), "--out", str(out)]
     argv += ["--per-image", str(PER_IMAGE), "--seed", str(SEED), *extra]
     return build_parser().parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def engine(data):
+    return CAI(AnomalyBank.from_folder(data["bank"]), seed=SEED)
+
+
+def ray_run(normal, engine, out, **options):
+    """`cai-aug synth --engine ray` as the command line calls it."""
+    return run_ray(normal, engine, out, per_image=PER_IMAGE, progress=False, **options)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +132,9 @@ def test_reference_run_is_complete(reference):
 
 
 @pytest.mark.parametrize(("workers", "batch"), [(1, 5), (2, 3)])
-def test_ray_matches_local_engine(ray_instance, data, reference, workers, batch):
+def test_ray_matches_local_engine(ray_instance, data, engine, reference, workers, batch):
     out = data["root"] / f"ray_{workers}_{batch}"
-    output = run_ray(synth_args(data, out, "--engine", "ray", "--workers", str(workers), "--batch-size", str(batch)))
+    output = ray_run(data["normal"], engine, out, workers=workers, batch_size=batch)
     assert output.root == out
     assert_same_run(out, reference)
 
@@ -130,9 +142,7 @@ def test_ray_matches_local_engine(ray_instance, data, reference, workers, batch)
 def test_mapper_on_read_images_with_ragged_sizes(ray_instance, data, tmp_path):
     """The README pipeline: read_images -> map_batches(CAIMapper) -> write_batch on the driver, with
     images of two sizes in one batch (object arrays in and out); records as the engine makes them."""
-    from cai_aug.engine.bank import AnomalyBank
-    from cai_aug.engine.cai import CAI
-    from cai_aug.frontends.offline import load_normal, make_records, manifest_record
+    from cai_aug.frontends.offline import make_records, manifest_record, read_normal
 
     dataset = ray.data.read_images(str(data["ragged"]), include_paths=True, mode="RGB")
     mapped = dataset.map_batches(
@@ -161,7 +171,7 @@ def test_mapper_on_read_images_with_ragged_sizes(ray_instance, data, tmp_path):
     want = [
         (manifest_record(record, SEED), record.anomaly)
         for key in keys
-        for record in make_records(cai, load_normal(data["ragged"], key), key, PER_IMAGE)
+        for record in make_records(cai, read_normal(data["ragged"], key).pixels, key, PER_IMAGE)
     ]
     assert sorted(got) == sorted(record["image"] for record, _ in want)
     for record, anomaly in want:
@@ -178,7 +188,7 @@ class FailingMapper(CAIMapper):
 
     images_done = 0
 
-    def synthesize(self, image, key):
+    def synthesize(self, image, key, skip=frozenset()):
         if self.images_done == 3:
             manifest_path = self.out / MANIFEST
             deadline = time.monotonic() + 60
@@ -186,19 +196,18 @@ class FailingMapper(CAIMapper):
                 time.sleep(0.05)
             raise RuntimeError("worker crashed")
         self.images_done += 1
-        return super().synthesize(image, key)
+        return super().synthesize(image, key, skip)
 
 
-def test_ray_resume_after_worker_crash(ray_instance, data, reference):
+def test_ray_resume_after_worker_crash(ray_instance, data, engine, reference):
     out = data["root"] / "ray_crash"
-    args = synth_args(data, out, "--engine", "ray", "--workers", "2", "--batch-size", "1")
     with pytest.raises(Exception, match="worker crashed"):
-        run_ray(args, mapper=FailingMapper)
+        ray_run(data["normal"], engine, out, workers=2, batch_size=1, mapper=FailingMapper)
     partial = manifest(out)
     assert 0 < len(partial) < 8 * PER_IMAGE
     # every recorded pseudo anomaly has its files
     assert all((out / r["image"]).exists() and (out / r["mask"]).exists() for r in partial)
-    resumed = run_ray(synth_args(data, out, "--engine", "ray", "--workers", "2", "--batch-size", "3", "--resume"))
+    resumed = ray_run(data["normal"], engine, out, workers=2, batch_size=3, resume=True)
     assert len(resumed.records()) == 8 * PER_IMAGE
     assert_same_run(out, reference)
 
@@ -314,27 +323,15 @@ def with_bad_files(data):
     return root
 
 
-def test_ray_skips_bad_inputs_as_the_local_engine_does(ray_instance, data, with_bad_files):
-    from cai_aug.cli.synth import make_engine
-
-    local = run_local(
-        with_bad_files,
-        make_engine(synth_args(data, data["root"] / "x")),
-        data["root"] / "bad_local",
-        per_image=PER_IMAGE,
-        progress=False,
-    )
-    args = synth_args(data, data["root"] / "bad_ray", "--engine", "ray", "--workers", "2", "--batch-size", "2")
-    args.normal = str(with_bad_files)
-    output = run_ray(args)
+def test_ray_skips_bad_inputs_as_the_local_engine_does(ray_instance, data, engine, with_bad_files):
+    local = run_local(with_bad_files, engine, data["root"] / "bad_local", per_image=PER_IMAGE, progress=False)
+    output = ray_run(with_bad_files, engine, data["root"] / "bad_ray", workers=2, batch_size=2)
     assert sorted(output.skipped) == ["empty.png", "tiny.png", "truncated.png"]
     skipped = (output.root / "skipped.jsonl").read_text()
     assert skipped == (local.root / "skipped.jsonl").read_text()
     assert manifest(output.root) == manifest(local.root)
 
 
-def test_ray_strict_stops_at_a_bad_input(ray_instance, data, with_bad_files):
-    args = synth_args(data, data["root"] / "bad_strict", "--engine", "ray", "--batch-size", "8")
-    args.normal = str(with_bad_files)
+def test_ray_strict_stops_at_a_bad_input(ray_instance, data, engine, with_bad_files):
     with pytest.raises(ValueError, match=r"empty.png: empty file.*strict"):
-        run_ray(args, strict=True)
+        ray_run(with_bad_files, engine, data["root"] / "bad_strict", batch_size=8, strict=True)

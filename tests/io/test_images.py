@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cai_aug.io import images as images_module
-from cai_aug.io.images import image_keys, list_images, read_image, read_mask, write_bytes, write_image
+from cai_aug.io.images import image_keys, list_images, open_image, read_image, read_mask, write_bytes, write_image
 
 
 def _png(path, size=(20, 20), mode="RGB"):
@@ -154,3 +154,26 @@ def test_write_error_keeps_its_class(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="Read-only file system") as caught:
         write_bytes(tmp_path / "x.png", b"data")
     assert caught.value.errno == errno.EROFS
+
+
+def test_names_that_are_not_utf8_are_listed_and_usable_as_keys(tmp_path, demo_bank):
+    from cai_aug.engine import rng
+    from cai_aug.frontends.dataset import CAIDataset
+
+    raw = os.fsencode(tmp_path) + b"/\xff\xfe.png"
+    with open(raw, "wb") as handle:
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(handle, format="PNG")
+    (key,) = image_keys(tmp_path)
+    assert os.fsencode(key) == b"\xff\xfe.png" and read_image(tmp_path / key).shape == (32, 32, 3)
+    # the key is hashed from the name's own bytes; a UTF-8 name keeps the key it always had
+    assert rng.sample_key(0, key) == rng.sample_key(0, b"\xff\xfe.png")
+    assert rng.sample_key(0, "é.png") == rng.sample_key(0, "é.png".encode())
+    item = CAIDataset(tmp_path, bank=demo_bank, p_anomaly=1.0)[0]
+    assert item["augmented_image"].shape == (3, 32, 32)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    Image.new("L", (300, 200)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match=r"big.png: 300x200 is 0.1 megapixels, over the limit of 0.1 megapixels"):
+        open_image(tmp_path / "big.png", max_pixels=300 * 200 - 1)
+    assert open_image(tmp_path / "big.png", max_pixels=300 * 200).size == (300, 200)

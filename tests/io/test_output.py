@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cai_aug.io import images as images_module
-from cai_aug.io.output import MANIFEST, SKIPPED, OutputFolder, output_stem
+from cai_aug.io.output import MANIFEST, RUN, SKIPPED, OutputFolder, key_stem, output_stem
 
 IMAGE = np.full((16, 16, 3), 100, np.uint8)
 MASK = np.eye(16, dtype=bool)
@@ -28,6 +28,41 @@ def _lines(folder, name=MANIFEST):
 def test_output_stem_flattens_folders_and_tags_synthesisers():
     assert output_stem("sub/a b.png", 3) == "sub__a b_003"
     assert output_stem("a.png", 0, "cdm") == "a_cdm000"
+    assert output_stem("a.jpg", 1) == "a.jpg_001"
+
+
+# keys whose readable forms meet: a suffix dropped, "/" and "__", outer "_", a name ending like a digest
+COLLIDING = [
+    "a.png",
+    "a.jpg",
+    "a",
+    "a.png.png",
+    "sub/b.png",
+    "sub__b.png",
+    "sub_/b.png",
+    "sub/_b.png",
+    "x-0123456789.png",
+    "x.png",
+    ".hidden.png",
+    "_.png",
+]
+
+
+def test_stems_of_different_keys_never_meet():
+    stems = [key_stem(key) for key in COLLIDING]
+    assert len(set(stems)) == len(stems), stems
+
+
+def test_stems_of_odd_keys_are_short_plain_file_names():
+    odd = ["x" * 250 + ".png", "d/" * 100 + "e.png", "bad\udcffbyte.png", "new\nline.png", "é" * 200 + ".png"]
+    for key in odd:
+        stem = key_stem(key)
+        name = f".{output_stem(key, 999_999, 'cdm')}_mask.png.tmp"
+        assert len(name.encode("utf-8")) <= 255, key
+        assert stem.isprintable() and not stem.startswith(".") and "/" not in stem
+        stem.encode("utf-8")  # valid UTF-8, whatever the input name's bytes
+    assert len({key_stem(key) for key in odd}) == len(odd)
+    assert key_stem("x" * 300 + "1.png") != key_stem("x" * 300 + "2.png")  # the same readable prefix
 
 
 def test_add_writes_both_files_then_one_manifest_line_once(tmp_path):
@@ -121,3 +156,27 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(FileExistsError, match="is a file"):
         OutputFolder(tmp_path / "out")
+
+
+def test_a_resume_with_other_settings_is_refused_naming_each_difference(tmp_path):
+    OutputFolder(tmp_path, run={"seed": 1, "mode": "both", "inputs": "2 images"}).add(_record("a.png", 0), IMAGE, MASK)
+    with pytest.raises(ValueError, match=r'seed 2 \(the run: 1\); mode "mixed" \(the run: "both"\)') as caught:
+        OutputFolder(tmp_path, resume=True, run={"seed": 2, "mode": "mixed", "inputs": "2 images"})
+    assert "inputs" not in str(caught.value)
+    assert OutputFolder(tmp_path, resume=True, run={"seed": 1, "mode": "both", "inputs": "2 images"}).done == {
+        "a.png": {0}
+    }
+
+
+def test_a_folder_where_a_run_started_needs_resume_even_without_records(tmp_path):
+    OutputFolder(tmp_path, run={"seed": 1})  # killed before its first record
+    assert json.loads((tmp_path / RUN).read_text()) == {"seed": 1}
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        OutputFolder(tmp_path, run={"seed": 1})
+    assert OutputFolder(tmp_path, resume=True, run={"seed": 1}).done == {}
+
+
+def test_records_without_the_settings_that_made_them_cannot_be_resumed_as_a_checked_run(tmp_path):
+    OutputFolder(tmp_path).add(_record("a.png", 0), IMAGE, MASK)
+    with pytest.raises(ValueError, match="not the settings that made them"):
+        OutputFolder(tmp_path, resume=True, run={"seed": 1})

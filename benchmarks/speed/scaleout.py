@@ -80,10 +80,12 @@ def run_local_timed(args, threads: int | None = None) -> float:
 
 
 def run_ray_timed(args) -> float:
+    from cai_aug.cli.synth import make_engine
     from cai_aug.frontends.ray import run_ray
 
     start = time.perf_counter()
-    run_ray(args)
+    options = {"per_image": args.per_image, "workers": args.workers, "batch_size": args.batch_size}
+    run_ray(args.normal, make_engine(args), args.out, progress=False, **options)
     return time.perf_counter() - start
 
 

@@ -133,3 +133,19 @@ def test_a_resume_of_a_finished_run_says_nothing_was_left_to_do(tmp_path, demo_b
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith(f"nothing left to do: {out} already holds the whole run (2 pseudo anomalies)")
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_engine_alone_decides_the_colour_of_a_grey_image_stored_as_rgb(tmp_path, demo_bank_dir):
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    grey = (demo_images(1, 64, seed=3)[0].mean(0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(np.dstack([grey] * 3)).save(normal / "grey_as_rgb.png")
+    channels_equal = {}
+    for flag in ("--grey-injection", "--no-grey-injection"):
+        out = tmp_path / flag
+        assert _synth(normal, demo_bank_dir, out, flag, "--per-image", "2").returncode == 0
+        results = [np.asarray(Image.open(out / r["image"])).astype(int) for r in _records(out)]
+        assert all(r.shape == (64, 64, 3) for r in results)
+        channels_equal[flag] = all((r[..., 0] == r[..., 1]).all() and (r[..., 1] == r[..., 2]).all() for r in results)
+    # luminance only by default; the source's colour when the engine is told so, as online
+    assert channels_equal == {"--grey-injection": True, "--no-grey-injection": False}

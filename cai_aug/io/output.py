@@ -1,4 +1,5 @@
-"""The output folder of an offline run: atomic files, a manifest, resumption, skipped inputs, a preview.
+"""The output folder of an offline run: paths, records, atomic files, resumption, skipped inputs, a
+preview, and the one offline loop (:func:`run_offline`) of the local engine, Ray and the CDM sampler.
 
 Layout (MVTec-style)::
 
@@ -6,17 +7,18 @@ Layout (MVTec-style)::
     <out>/masks/<stem>_mask.png    their masks (0/255, 8-bit grey)
     <out>/manifest.jsonl           one JSON record per pseudo anomaly, paths relative to <out>
     <out>/skipped.jsonl            one JSON record per input image that could not be used, with why
+    <out>/run.json                 what defines the run (seed, options, bank, inputs), for resumes
     <out>/preview.png              a contact sheet of the first records
 
-Guarantees, whatever stops a run (SIGKILL, a full disk, a read-only folder, a crashed worker):
+``<stem>`` is :func:`output_stem`: different inputs never share a file, and every name fits the file
+system. Guarantees, whatever stops a run (SIGKILL, a full disk, a read-only folder, a crashed worker):
 
 * a file appears under its name only once complete (written as ``.<name>.tmp``, then renamed);
 * a record is appended to the manifest only after both of its files exist, in one ``write`` call that
   is undone if the disk takes only part of it;
-* ``resume=True`` keeps the records whose files exist, drops a line cut by a kill and leftover
-  temporary files, and the writers skip what is done: the resumed folder equals an uninterrupted run.
-
-Used by ``cai-aug synth`` (local and Ray) and ``cai-aug cdm-sample``.
+* ``resume=True`` refuses a run made with other settings, keeps the records whose files exist, drops a
+  line cut by a kill and leftover temporary files, and the writers skip what is done: the resumed
+  folder equals an uninterrupted run.
 """
 
 from __future__ import annotations

@@ -64,12 +64,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace) -> CAIConfig:
     """The :class:`CAIConfig` of parsed flags: ``--preset`` (or the defaults) with the flags given on top.
 
-    The resolved options are written back onto ``args`` (``args.mode`` ...), so code that reads the
-    namespace later (the Ray driver) sees the same configuration. Raises a clear ``ValueError`` or
-    ``TypeError`` for a bad value.
+    Raises a clear ``ValueError`` or ``TypeError`` for a bad value.
     """
     given = {name: getattr(args, name) for name in CAIConfig.fields() if hasattr(args, name)}
-    config = CAIConfig.build(preset=getattr(args, "preset", None), **given)
-    for name in CAIConfig.fields():
-        setattr(args, name, getattr(config, name))
-    return config
+    return CAIConfig.build(preset=getattr(args, "preset", None), **given)

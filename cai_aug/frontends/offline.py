@@ -36,7 +36,6 @@ from cai_aug.io.output import (
     describe_inputs,
     digest,
     new_record,
-    output_stem,
     run_offline,
 )
 
@@ -48,7 +47,7 @@ __all__ = [
     "list_normals",
     "make_records",
     "manifest_record",
-    "nothing_placed",
+    "outcome",
     "read_normal",
     "run_identity",
     "run_local",
@@ -68,10 +67,6 @@ class OfflineRecord:
     image_key: str
     index: int
     anomaly: PseudoAnomaly
-
-    @property
-    def stem(self) -> str:
-        return output_stem(self.image_key, self.index)
 
 
 def make_records(cai: CAI, image: torch.Tensor, image_key: str, per_image: int) -> list[OfflineRecord]:
@@ -95,7 +90,9 @@ def synthesize_normal(cai: CAI, image: CoercedImage, image_key: str, per_image: 
     except ValueError as error:
         raise ValueError(f"image {image_key}: the engine failed on it: {error}") from error
     if not records:  # a valid image, but none of the bank's patterns fits it
-        raise ValueError(nothing_placed(image_key))
+        raise ValueError(
+            f"image {image_key}: no pseudo anomaly could be placed (too small or too narrow for the bank's patterns)"
+        )
     return records
 
 
@@ -119,11 +116,6 @@ def outcome(cai: CAI, image: CoercedImage, key: str, per_image: int, skip: set[i
         if record.index not in skip
     ]
     return Outcome(key, made)
-
-
-def nothing_placed(image_key: str) -> str:
-    """The ``skipped.jsonl`` reason of an image on which the engine could place no pseudo anomaly."""
-    return f"image {image_key}: no pseudo anomaly could be placed (too small or too narrow for the bank's patterns)"
 
 
 def read_normal(folder: str | Path, image_key: str) -> CoercedImage:

@@ -99,11 +99,21 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from cai_aug.io.images import image_keys
-    from cai_aug.io.output import OutputFolder, describe_inputs, run_offline
+    from cai_aug.cli.synth import check_folders
+    from cai_aug.io.output import folder_lock
 
     if args.per_image < 1 or args.batch_size < 1:
         raise ValueError(f"--per-image and --batch-size must be at least 1, got {args.per_image}, {args.batch_size}")
+    inputs = {name: getattr(args, name) for name in ("normal", "masks", "bank") if getattr(args, name) is not None}
+    check_folders(args.out, **inputs)
+    with folder_lock(args.out):
+        return _sample(args)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from cai_aug.io.images import image_keys
+    from cai_aug.io.output import OutputFolder, describe_inputs, run_offline
+
     keys = image_keys(args.normal, what="normal image folder")
     run = {
         "synthesiser": "cdm",

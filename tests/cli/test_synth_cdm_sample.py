@@ -115,3 +115,10 @@ def test_strict_stops_at_a_missing_mask(folders, tmp_path, capsys):
     (masks / "b16_mask.png").unlink()
     assert _sample(normal, masks, tmp_path / "out", "--strict") == 2
     assert "no mask for image b16.png" in capsys.readouterr().err
+
+
+def test_an_output_folder_inside_the_inputs_is_refused(folders, tmp_path, capsys):
+    normal, masks = folders
+    assert _sample(normal, masks, normal / "out") == 2
+    assert f"--out {normal / 'out'} overlaps --normal {normal}" in capsys.readouterr().err
+    assert not (normal / "out").exists()

@@ -62,7 +62,8 @@ def _alive(pid: int) -> bool:
 def folder_lock(root: str | os.PathLike) -> Iterator[Path]:
     """Hold ``root``'s writer lock (a file holding our pid) for the duration; one writer per folder.
 
-    A lock whose process is dead (a killed run) is taken over.
+    A lock whose process is dead (a killed run) is taken over. A folder this call created is removed
+    again when the run leaves it empty (it stopped before writing anything).
 
     Raises
     ------
@@ -70,6 +71,7 @@ def folder_lock(root: str | os.PathLike) -> Iterator[Path]:
         Another live process holds the folder, naming its pid.
     """
     path = Path(root) / LOCK
+    created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # a stale lock removed between our tries by another taker: try again
         try:
@@ -89,6 +91,9 @@ def folder_lock(root: str | os.PathLike) -> Iterator[Path]:
             yield path
         finally:
             path.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):  # not empty: the run wrote there
+                    path.parent.rmdir()
         return
     raise ValueError(f"output folder {root}: could not take the lock {path}")
 

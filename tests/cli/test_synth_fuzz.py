@@ -287,3 +287,4 @@ def test_user_errors_are_one_line_messages(tmp_path, demo_bank_dir, make_argv, m
     last = stderr.strip().splitlines()[-1]  # after the bank's progress bar
     assert code == 2 and last.startswith("cai-aug synth: error: ") and message in last
     assert "Traceback" not in stderr
+    assert not (tmp_path / "o").exists()  # nothing left behind by a run that could not start

@@ -133,7 +133,7 @@ class BuildReport:
                 lines.append(f"  ... and {len(self.bad) - shown_bad} more")
         if self.dropped:
             lines.append(f"dropped {len(self.dropped)} manifest rows whose entry files are gone: {self.dropped[:5]}")
-        return shown("\n".join(lines))
+        return shown("\n".join(lines), lines=True)
 
 
 def normalise_name(name: str) -> str:
@@ -401,8 +401,8 @@ def _stage(
 
     def skip(path: Path, reason: str) -> None:
         if strict:
-            raise ValueError(f"{path}: {reason} (--strict stops here; without it the file is skipped)")
-        report.bad.append((shown(path), reason))
+            raise ValueError(shown(f"{path}: {reason} (--strict stops here; without it the file is skipped)"))
+        report.bad.append((shown(path), shown(reason)))
 
     for folder, name in jobs:
         report.datasets.append(name)

@@ -59,14 +59,17 @@ def id_problem(entry_id: str) -> str | None:
     return None
 
 
-def shown(text: str | os.PathLike) -> str:
-    """``text`` printable on any terminal: undecodable bytes of a file name as ``\\x..`` escapes."""
+def shown(text: str | os.PathLike, *, lines: bool = False) -> str:
+    """``text`` printable on any terminal: undecodable bytes of a file name and control characters as
+    ``\\x..`` escapes (``lines``: newlines kept)."""
     text = str(text)
     try:
         data = text.encode("utf-8", "surrogateescape")  # a file name's undecodable bytes, back as they were
     except UnicodeEncodeError:
         data = text.encode("utf-8", "backslashreplace")
-    return data.decode("utf-8", "backslashreplace")
+    text = data.decode("utf-8", "backslashreplace")
+    keep = "\n" if lines else ""
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode() for c in text)
 
 
 def _decode(data: bytes, path: Path) -> str:

@@ -495,7 +495,7 @@ def _commit(bank: Path, rows: list[dict[str, str]], staged: Sequence[_Staged], r
 
 
 def _has_entry(bank: Path, row: Mapping[str, str]) -> bool:
-    """Whether a hand-made entry (any image suffix) exists for ``row``."""
+    """Whether the entry of ``row`` exists: its image and its mask, of any image suffix."""
     folder = bank / row["class"]
     images = [folder / f"{row['id']}{suffix}" for suffix in IMAGE_SUFFIXES]
     masks = [folder / f"{row['id']}_mask{suffix}" for suffix in IMAGE_SUFFIXES]

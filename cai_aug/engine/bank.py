@@ -99,11 +99,11 @@ class AnomalyBank:
             exclude: source datasets (the id prefix before ``_``, or MANIFEST ``source_repo``, or its last
                 path component) or single ids to leave out, so a dataset under evaluation never leaks
                 into its own training anomalies. A name that matches no entry is named in a warning.
+            context: pixels of context kept around each mask's bounding box.
 
         Raises:
             ValueError: no such folder, no entries, an unknown class, or a ``MANIFEST.csv`` that cannot be
                 read (the message names its line): an unread manifest would make ``exclude`` miss.
-            context: pixels of context kept around each mask's bounding box.
         """
         root = Path(path)
         if not root.exists():
@@ -260,6 +260,15 @@ def _filter(
     exclude: str | Iterable[str] | None,
     root: Path,
 ) -> list[BankEntry]:
+    names = set() if exclude is None else {exclude} if isinstance(exclude, str) else set(exclude)
+    unmatched = sorted(name for name in names if not any(_matches(entry, {name}) for entry in entries))
+    if unmatched:
+        # a typo or an unread manifest would otherwise let the evaluated dataset in without a word
+        warnings.warn(
+            f"anomaly bank {root}: exclude name(s) {unmatched} match no entry (ids, id prefixes, "
+            "MANIFEST source_repo): nothing was left out for them",
+            stacklevel=3,
+        )
     if classes is not None:
         wanted = [classes] if isinstance(classes, str) else list(classes)
         present = {entry.cls for entry in entries}
@@ -267,16 +276,7 @@ def _filter(
         if unknown:
             raise ValueError(f"classes {unknown} are not in bank {root}; it has {sorted(present)}")
         entries = [entry for entry in entries if entry.cls in wanted]
-    if exclude is not None:
-        names = {exclude} if isinstance(exclude, str) else set(exclude)
-        unmatched = sorted(name for name in names if not any(_matches(entry, {name}) for entry in entries))
-        if unmatched:
-            # a typo or an unread manifest would otherwise let the evaluated dataset in without a word
-            warnings.warn(
-                f"anomaly bank {root}: exclude name(s) {unmatched} match no entry (ids, id prefixes, "
-                "MANIFEST source_repo): nothing was left out for them",
-                stacklevel=3,
-            )
+    if names:
         entries = [entry for entry in entries if not _matches(entry, names)]
     if not entries:
         raise ValueError(f"anomaly bank {root} is empty after filtering (classes={classes}, exclude={exclude})")

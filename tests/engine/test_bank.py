@@ -169,3 +169,23 @@ def test_a_dim_colour_label_is_a_defect_pixel(tmp_path):
     Image.fromarray(colours).save(tmp_path / "crack" / "a_1_mask.png")
     _, mask = AnomalyBank.from_folder(tmp_path, context=0).source(0)
     assert int(mask.sum()) == 100
+
+
+def test_synth_names_an_exclusion_that_matches_nothing(tmp_path, demo_bank_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(normal / "a.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    argv = ["synth", "--normal", normal, "--bank", demo_bank_dir, "--out", tmp_path / "out", "--per-image", "1"]
+    argv += ["--exclude", "no-such-dataset"]
+    result = subprocess.run(
+        [sys.executable, "-m", "cai_aug", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "exclude name(s) ['no-such-dataset'] match no entry" in result.stderr

@@ -372,7 +372,10 @@ def build_bank(
     bank.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(bank)
     staging = bank / f".build-{os.getpid()}"
+    if staging.is_symlink() or staging.is_file():
+        staging.unlink()  # never staged through a link
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     try:
         report, staged = _stage(jobs, table, staging, license_text, max_side, strict, mask_threshold)
         _commit(bank, rows, staged, report)

@@ -155,7 +155,10 @@ def write_manifest(bank: str | os.PathLike, rows: Sequence[Mapping[str, str]]) -
     extra = [name for row in rows for name in row if name not in MANIFEST_COLUMNS]
     columns = [*MANIFEST_COLUMNS, *dict.fromkeys(extra)]
     tmp = path.with_name(f".{MANIFEST}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()  # a left-over (or planted link) is replaced, never written through
+    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with open(descriptor, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:

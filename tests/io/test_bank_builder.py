@@ -391,3 +391,16 @@ def test_undecodable_manifest_bytes_are_refused_naming_the_line(tmp_path: Path) 
     (bank / "MANIFEST.csv").write_bytes(b"id,class\nwidget_crack_000,crack\nx\x81y,crack\n")  # \x81: no cp1252
     with pytest.raises(ValueError, match=r"MANIFEST.csv, line 3: neither UTF-8 nor Windows-1252"):
         read_manifest(bank)
+
+
+def test_planted_links_at_the_builders_own_temporary_names_are_never_written_through(tmp_path: Path) -> None:
+    widget = _write_mvtec(tmp_path / "widget", {"crack": 1})
+    bank, victim = tmp_path / "bank", tmp_path / "victim"
+    bank.mkdir()
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me")
+    (bank / ".MANIFEST.csv.tmp").symlink_to(victim / "notes.txt")
+    (bank / f".build-{os.getpid()}").symlink_to(victim, target_is_directory=True)
+    build_bank([widget], bank)
+    assert _snapshot(victim) == {"notes.txt": b"keep me"}
+    _rows_match_entries(bank)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -58,6 +59,11 @@ class CDMEmbeddings(nn.Module):
             "tokens_per_class": self.anomaly.tokens_per_class,
             "encoder": self.encoder.config.to_dict(),
         }
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line (torch's and safetensors' messages span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def _atomic(path: Path, write) -> None:
@@ -105,11 +111,14 @@ def load_checkpoint(folder: str | Path, device: torch.device | str | None = None
     path = Path(folder)
     path = path.parent if path.is_file() else path
     config = read_config(path)
-    encoder = SpatialEncoder(EncoderConfig(**config["encoder"]))
-    tensors = load_file(str(path / WEIGHTS))
-    vectors = tensors["anomaly.vectors"]
-    embeddings = CDMEmbeddings(AnomalyEmbeddings(list(config["classes"]), vectors), encoder)
-    embeddings.load_state_dict(tensors)
+    try:
+        encoder = SpatialEncoder(EncoderConfig(**config["encoder"]))
+        tensors = load_file(str(path / WEIGHTS))
+        vectors = tensors["anomaly.vectors"]
+        embeddings = CDMEmbeddings(AnomalyEmbeddings(list(config["classes"]), vectors), encoder)
+        embeddings.load_state_dict(tensors)
+    except (SafetensorError, KeyError, RuntimeError) as exc:  # a damaged or foreign checkpoint: one line, no trace
+        raise ValueError(f"{path} is not a usable CDM checkpoint: {_one_line(exc)}") from exc
     return embeddings.to(device)
 
 
@@ -119,8 +128,13 @@ def load_training_state(folder: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refuses arbitrary objects: say which file, in one line
         raise ValueError(
-            f"{path}: holds objects other than tensors and plain values; refused (never unpickled)"
+            f"{path}: holds objects other than tensors and plain values, or is no torch file; refused (never unpickled)"
         ) from exc
+    except (EOFError, KeyError, RuntimeError) as exc:  # empty, truncated or foreign bytes
+        raise ValueError(f"{path}: not a readable training state ({_one_line(exc)})") from exc
+    if not isinstance(state, dict) or not {"step", "optimizer"} <= state.keys():
+        raise ValueError(f"{path}: not a training state (expected a dict with 'step' and 'optimizer')")
+    return state

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cai_aug.io.bank_builder import DEFAULT_DEFECT_MAP, build_bank, parse_map
+from cai_aug.io.bank_files import shown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Copy the test defects of MVTec-layout datasets into an anomaly bank "
             "(BANK/<class>/<dataset>_<defect>_<stem>.png + _mask.png) and record them in BANK/MANIFEST.csv. "
             "Defects are mapped to classes by a default table for MVTec AD and VisA names plus --map; "
-            "unmapped defects are skipped and counted."
+            "unmapped defects are skipped and counted. Unusable files (unreadable, a mask of another size, "
+            "no mask) are skipped and listed; --strict stops at the first one. Nothing is written outside BANK, "
+            "and a refused build writes nothing."
         ),
     )
     parser.add_argument(
@@ -49,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--license", default="", help="licence text for the manifest's license_if_known")
     parser.add_argument("--max-side", type=int, default=None, help="downscale sources longer than this")
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="a mask pixel is a defect where its value exceeds T, in the file's units (default 0: any non-zero label)",
+    )
+    parser.add_argument("--strict", action="store_true", help="stop at the first unusable file instead of skipping it")
     parser.add_argument("--list-map", action="store_true", help="print the default defect-to-class table and exit")
     parser.set_defaults(func=run)
 
@@ -69,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         use_default_map=not args.no_default_map,
         license_text=args.license,
         max_side=args.max_side,
+        strict=args.strict,
+        mask_threshold=args.mask_threshold,
     )
     print(report.summary())
-    print(f"bank: {args.out}")
+    print(f"bank: {shown(args.out)}")
     return 0

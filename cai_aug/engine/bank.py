@@ -1,7 +1,8 @@
 """The anomaly bank: real defects of other domains, loaded once and kept ready for batched sampling.
 
 Layout on disk: ``<bank>/<class>/<id>.<png|jpg|...>`` with ``<bank>/<class>/<id>_mask.png`` (non-zero =
-anomaly), optional ``<bank>/MANIFEST.csv`` (``id,class,source_repo,...``).
+anomaly, see :func:`cai_aug.io.bank_files.defect_mask`), optional ``<bank>/MANIFEST.csv``
+(``id,class,source_repo,...``, read by :func:`cai_aug.io.bank_files.read_manifest`).
 
 In memory every source is cropped to its mask's bounding box plus some context and stored, with an
 antialiased mip pyramid, in one flat ``(P, 4)`` uint8 tensor (RGB + mask). A batch of sources of any
@@ -10,7 +11,6 @@ sizes can then be resampled with one gather (:mod:`cai_aug.engine.resample`), on
 
 from __future__ import annotations
 
-import csv
 import logging
 import warnings
 from collections.abc import Iterable
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cai_aug.io.images import IMAGE_SUFFIXES, is_image_file, read_image, read_mask
+from cai_aug.io.bank_files import defect_mask, read_manifest
+from cai_aug.io.images import IMAGE_SUFFIXES, is_image_file, open_image, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,12 @@ class AnomalyBank:
             classes: keep only these classes (e.g. the paper's CDM-5 subset); unknown names are an error.
             exclude: source datasets (the id prefix before ``_``, or MANIFEST ``source_repo``, or its last
                 path component) or single ids to leave out, so a dataset under evaluation never leaks
-                into its own training anomalies.
+                into its own training anomalies. A name that matches no entry is named in a warning.
             context: pixels of context kept around each mask's bounding box.
+
+        Raises:
+            ValueError: no such folder, no entries, an unknown class, or a ``MANIFEST.csv`` that cannot be
+                read (the message names its line): an unread manifest would make ``exclude`` miss.
         """
         root = Path(path)
         if not root.exists():
@@ -134,7 +139,7 @@ class AnomalyBank:
             # one bad file among thousands of sources must not stop a run: skip it, count it, say why
             try:
                 image = read_image(entry.image_path, "RGB")
-                mask = read_mask(entry.mask_path)
+                mask = defect_mask(open_image(entry.mask_path))
             except ValueError as error:
                 bad.append(str(error))
                 continue
@@ -246,11 +251,7 @@ def _find_mask(class_dir: Path, stem: str, files: dict[str, Path]) -> Path | Non
 
 
 def _read_manifest(root: Path) -> dict[str, dict[str, str]]:
-    path = root / "MANIFEST.csv"
-    if not path.exists():
-        return {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        return {row["id"]: row for row in csv.DictReader(handle) if row.get("id")}
+    return {row["id"]: row for row in read_manifest(root)}
 
 
 def _filter(
@@ -259,6 +260,15 @@ def _filter(
     exclude: str | Iterable[str] | None,
     root: Path,
 ) -> list[BankEntry]:
+    names = set() if exclude is None else {exclude} if isinstance(exclude, str) else set(exclude)
+    unmatched = sorted(name for name in names if not any(_matches(entry, {name}) for entry in entries))
+    if unmatched:
+        # a typo or an unread manifest would otherwise let the evaluated dataset in without a word
+        warnings.warn(
+            f"anomaly bank {root}: exclude name(s) {unmatched} match no entry (ids, id prefixes, "
+            "MANIFEST source_repo): nothing was left out for them",
+            stacklevel=3,
+        )
     if classes is not None:
         wanted = [classes] if isinstance(classes, str) else list(classes)
         present = {entry.cls for entry in entries}
@@ -266,8 +276,7 @@ def _filter(
         if unknown:
             raise ValueError(f"classes {unknown} are not in bank {root}; it has {sorted(present)}")
         entries = [entry for entry in entries if entry.cls in wanted]
-    if exclude is not None:
-        names = {exclude} if isinstance(exclude, str) else set(exclude)
+    if names:
         entries = [entry for entry in entries if not _matches(entry, names)]
     if not entries:
         raise ValueError(f"anomaly bank {root} is empty after filtering (classes={classes}, exclude={exclude})")

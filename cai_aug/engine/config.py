@@ -95,7 +95,7 @@ class CAIConfig:
     Raises
     ------
     ValueError
-        A value out of its range or not one of its choices.
+        A value out of its range (the integer options' bounds are :data:`LIMITS`) or not one of its choices.
     TypeError
         A value of the wrong type (a string threshold, a float ``median`` with a fraction ...).
 
@@ -134,23 +134,23 @@ class CAIConfig:
         set_(self, "quotas", _quotas(self.quotas))
         set_(self, "foreground", _foreground(self.foreground))
         set_(self, "threshold", _real("threshold", self.threshold, 0.0, 1.0, "[0, 1) (image units: 7/255 = 7 of 255)"))
-        set_(self, "margin", _integer("margin", self.margin, 0))
-        set_(self, "median", _integer("median", self.median, 1))
+        set_(self, "margin", _integer("margin", self.margin, *LIMITS["margin"]))
+        set_(self, "median", _integer("median", self.median, *LIMITS["median"]))
         if self.median % 2 == 0:
             raise ValueError(f"median must be an odd filter size, got {self.median}")
         set_(self, "min_mask_pixels", _integer("min_mask_pixels", self.min_mask_pixels, 0))
         set_(self, "allow_upscale", _boolean("allow_upscale", self.allow_upscale))
         if self.ratio_decimals is not None:
-            set_(self, "ratio_decimals", _integer("ratio_decimals", self.ratio_decimals, 0))
-        set_(self, "max_attempts", _integer("max_attempts", self.max_attempts, 1))
-        set_(self, "anomalies", _integer("anomalies", self.anomalies, 1))
+            set_(self, "ratio_decimals", _integer("ratio_decimals", self.ratio_decimals, *LIMITS["ratio_decimals"]))
+        set_(self, "max_attempts", _integer("max_attempts", self.max_attempts, *LIMITS["max_attempts"]))
+        set_(self, "anomalies", _integer("anomalies", self.anomalies, *LIMITS["anomalies"]))
         for name in ("use_poisson", "use_stm", "use_ils", "grey_injection"):
             set_(self, name, _boolean(name, getattr(self, name)))
         if self.atol is not None:
             set_(self, "atol", _real("atol", self.atol, 0.0, math.inf, "(0, inf) or None", low_open=True))
         set_(self, "paste_weight", _real("paste_weight", self.paste_weight, 0.0, 1.0, "[0, 1]", high_closed=True))
         set_(self, "rtol", _real("rtol", self.rtol, 0.0, math.inf, "(0, inf)", low_open=True))
-        set_(self, "max_iter", _integer("max_iter", self.max_iter, 0))
+        set_(self, "max_iter", _integer("max_iter", self.max_iter, *LIMITS["max_iter"]))
         set_(self, "backend", _choice("backend", self.backend, BACKENDS))
 
     # ------------------------------------------------------------------ construction helpers
@@ -259,6 +259,18 @@ OPTION_HELP: dict[str, str] = {
 }
 
 
+#: Inclusive ``(low, high)`` of the integer options. The upper bounds are far above any useful value and
+#: stop a typo before it allocates (margin 100000: a 320 GB canvas) or runs for hours (anomalies 100000).
+LIMITS: dict[str, tuple[int, int]] = {
+    "margin": (0, 256),
+    "median": (1, 255),
+    "ratio_decimals": (0, 15),
+    "max_attempts": (1, 100),
+    "anomalies": (1, 32),
+    "max_iter": (0, 10_000),
+}
+
+
 #: Named configurations (:meth:`CAIConfig.preset`): options that differ from the class defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -319,7 +331,7 @@ def _real(
     return value
 
 
-def _integer(name: str, value: Any, low: int) -> int:
+def _integer(name: str, value: Any, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if isinstance(value, numbers.Integral):
@@ -330,6 +342,8 @@ def _integer(name: str, value: Any, low: int) -> int:
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
     return value
 
 

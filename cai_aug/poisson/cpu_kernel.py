@@ -138,6 +138,7 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
                 errors.append(f"{' '.join(flags)}: {'timeout' if done is None else done.stderr.strip()[-300:]}")
                 continue
+            os.chmod(tmp, 0o700)  # the linker made it under the umask: a group-writable file would be refused
             os.replace(tmp, lib_path)
         try:
             lib = ctypes.CDLL(str(lib_path))

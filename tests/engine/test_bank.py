@@ -123,3 +123,69 @@ def test_real_bank_loads_all_paper_classes():
     bank = AnomalyBank.from_folder(shared_data_path("anomaly_bank"), classes=["hole", "abrasion"])
     assert set(bank.classes) <= set(PAPER_CLASSES)
     assert len(bank) == 49 + 60
+
+
+def _two_datasets(root):
+    _pair(root / "crack", "neu_1")
+    _pair(root / "crack", "other_3")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"], ids=["utf8-bom", "latin1"])
+def test_a_spreadsheet_saved_manifest_still_excludes_by_source_repo(tmp_path, encoding):
+    _two_datasets(tmp_path)
+    text = "id,class,source_repo,source_path,license_if_known\r\nother_3,crack,someone/mvtec_ad,x,Société\r\n"
+    (tmp_path / "MANIFEST.csv").write_bytes(text.encode(encoding))
+    assert AnomalyBank.from_folder(tmp_path, exclude="mvtec_ad").ids == ["neu_1"]
+
+
+def test_an_unreadable_manifest_is_an_error_naming_its_line(tmp_path):
+    _two_datasets(tmp_path)
+    (tmp_path / "MANIFEST.csv").write_text("id,class,source_repo\nother_3,crack,mvtec_ad\nneu_1\0,crack,x\n")
+    with pytest.raises(ValueError, match=r"MANIFEST.csv, line 3"):
+        AnomalyBank.from_folder(tmp_path, exclude="mvtec_ad")
+
+
+def test_an_exclusion_name_that_matches_nothing_is_named_in_a_warning(tmp_path):
+    _two_datasets(tmp_path)
+    with pytest.warns(UserWarning, match=r"exclude name\(s\) \['mvtec_ad'\] match no entry"):
+        bank = AnomalyBank.from_folder(tmp_path, exclude=["neu", "mvtec_ad"])
+    assert bank.ids == ["other_3"]
+
+
+def test_every_non_zero_label_of_a_16_bit_mask_is_a_defect_pixel(tmp_path):
+    _pair(tmp_path / "crack", "a_1", size=(40, 30))
+    labels = np.zeros((40, 30), dtype=np.uint16)
+    labels[5:10, 5:9] = 1
+    labels[20:30, 10:20] = 128
+    Image.fromarray(labels).save(tmp_path / "crack" / "a_1_mask.png")
+    _, mask = AnomalyBank.from_folder(tmp_path, context=0).source(0)
+    assert int(mask.sum()) == 5 * 4 + 10 * 10
+
+
+def test_a_dim_colour_label_is_a_defect_pixel(tmp_path):
+    _pair(tmp_path / "crack", "a_1", size=(40, 30))
+    colours = np.zeros((40, 30, 3), dtype=np.uint8)
+    colours[5:15, 5:15, 2] = 1  # label 1 in the blue channel: 0 after a luminance conversion
+    Image.fromarray(colours).save(tmp_path / "crack" / "a_1_mask.png")
+    _, mask = AnomalyBank.from_folder(tmp_path, context=0).source(0)
+    assert int(mask.sum()) == 100
+
+
+def test_synth_names_an_exclusion_that_matches_nothing(tmp_path, demo_bank_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(normal / "a.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    argv = ["synth", "--normal", normal, "--bank", demo_bank_dir, "--out", tmp_path / "out", "--per-image", "1"]
+    argv += ["--exclude", "no-such-dataset"]
+    result = subprocess.run(
+        [sys.executable, "-m", "cai_aug", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "exclude name(s) ['no-such-dataset'] match no entry" in result.stderr

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cai_aug
 from cai_aug import CAI, CAIConfig
-from cai_aug.engine.config import MODES, split_options
+from cai_aug.engine.config import LIMITS, MODES, split_options
 
 
 def test_defaults_are_the_reference_settings_where_the_benchmark_did_not_say_otherwise():
@@ -189,3 +195,41 @@ def test_every_option_has_one_help_line():
     from cai_aug.engine.config import OPTION_HELP
 
     assert set(OPTION_HELP) == set(CAIConfig.fields())
+
+
+# ---------------------------------------------------------------------- bounds, declared once in LIMITS
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+def test_each_integer_option_is_bounded_on_both_sides(name):
+    low, high = LIMITS[name]
+    above = high + (2 if name == "median" else 1)  # median is an odd size
+    assert getattr(CAIConfig(**{name: high}), name) == high
+    assert getattr(CAIConfig(**{name: low}), name) == low
+    with pytest.raises(ValueError, match=rf"{name} must lie in \[{low}, {high}\], got {above}"):
+        CAIConfig(**{name: above})
+
+
+@pytest.mark.parametrize(("option", "value"), [("margin", 100_000), ("anomalies", 100_000)])
+def test_the_engine_refuses_an_absurd_value_at_construction(demo_bank, option, value):
+    with pytest.raises(ValueError, match=rf"{option} must lie in"):
+        CAI(demo_bank, **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--margin", "100000"), ("--anomalies", "100000"), ("--max-iter", "100000000")]
+)
+def test_the_command_line_refuses_an_absurd_value_in_one_line_before_any_work(tmp_path, demo_bank_dir, flag, value):
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(normal / "a.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    argv = ["synth", "--normal", normal, "--bank", demo_bank_dir, "--out", tmp_path / "out", flag, value]
+    result = subprocess.run(
+        [sys.executable, "-m", "cai_aug", *map(str, argv)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("cai-aug synth: error: ") and "must lie in" in line
+    assert not (tmp_path / "out").exists()

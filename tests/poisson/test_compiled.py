@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -177,3 +178,52 @@ def test_a_library_others_may_write_is_never_loaded(monkeypatch, tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger=cpu_kernel.__name__):
         assert not cpu_kernel.available()
     assert "writable by others" in caplog.text
+
+
+@needs_compiled
+def test_a_build_under_a_group_writable_umask_is_private_and_loads_again(monkeypatch, tmp_path, caplog) -> None:
+    folder = tmp_path / "cache"
+    _fresh(monkeypatch, [folder])
+    old = os.umask(0o002)
+    try:
+        assert cpu_kernel.available()
+    finally:
+        os.umask(old)
+    (lib,) = folder.glob("*.so")
+    assert lib.stat().st_mode & 0o022 == 0
+    _fresh(monkeypatch, [folder])  # a new process finds the build and loads it, without a warning
+    with caplog.at_level(logging.WARNING, logger=cpu_kernel.__name__):
+        assert cpu_kernel.available()
+    assert not caplog.records
+
+
+needs_root = pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="chown to another user")
+
+
+@needs_root
+def test_a_folder_of_another_user_is_refused_with_one_warning(monkeypatch, tmp_path, caplog) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 12345, 12345)
+    _fresh(monkeypatch, [theirs])
+    with caplog.at_level(logging.WARNING, logger=cpu_kernel.__name__):
+        assert not cpu_kernel.available()
+    assert "no cache folder owned by this user" in caplog.text and list(theirs.iterdir()) == []
+
+
+@needs_root
+@needs_compiled
+def test_a_library_of_another_user_is_never_loaded(monkeypatch, tmp_path, caplog) -> None:
+    folder = tmp_path / "cache"
+    _fresh(monkeypatch, [folder])
+    assert cpu_kernel.available()
+    (lib,) = folder.glob("*.so")
+    planted = lib.read_bytes()
+    lib.unlink()  # a new file in its place (see above: never rewrite the loaded one)
+    lib.write_bytes(planted)
+    lib.chmod(0o755)
+    os.chown(lib, 12345, 12345)
+    _fresh(monkeypatch, [folder])
+    with caplog.at_level(logging.WARNING, logger=cpu_kernel.__name__):
+        assert not cpu_kernel.available()
+    assert "not owned by this user" in caplog.text

@@ -43,7 +43,7 @@ def test_image_gets_the_anomaly_and_mask_the_merged_mask(bank: Path, image: tv_t
     out = v2.Compose([v2.ToDtype(torch.float32, scale=True), RandomCrossDomainAnomaly(bank, p=1.0)])(_sample(image))
     assert isinstance(out["image"], tv_tensors.Image) and isinstance(out["mask"], tv_tensors.Mask)
     assert out["mask"].dtype == torch.uint8 and out["mask"].shape == (1, SIZE, SIZE)
-    assert set(out["mask"].unique().tolist()) == {0, 1}
+    assert set(out["mask"].unique().tolist()) == {0, 255}  # the mask rule: 255 in a uint8 mask
     changed = (out["image"] - image).abs().amax(0) > 1e-4
     assert changed.any() and changed[out["mask"][0] == 0].float().mean() < 0.05  # the anomaly lies in its mask
 

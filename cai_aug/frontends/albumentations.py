@@ -32,7 +32,7 @@ class CrossDomainAnomaly(EngineHolder, A.DualTransform):
     classes, exclude : optional
         Restrict the bank (see ``AnomalyBank.from_folder``).
     mask_value : float or None
-        Value written into masks where the anomaly is; ``None``: 255 in a uint8 mask, else 1.
+        Value written into masks where the anomaly is; 1 by default (``255`` for 0/255 masks).
     strict : bool
         Albumentations' switch; accepted for compatibility: unknown arguments always raise a ``TypeError``.
 

@@ -16,8 +16,10 @@ Keys
     else the global torch RNG); image keys given by the caller are hashed with the seed and the epoch.
 
 Masks
-    Where an anomaly is, a mask gets ``mask_value`` when given, else 255 in a uint8 mask and 1 (True) in
-    a mask of any other dtype, whatever the mask holds already; the rest of the mask is kept (union).
+    Where an anomaly is, a mask gets ``mask_value``: 1 (True) by default, whatever its dtype and whatever
+    it holds already (pass ``mask_value=255`` for 0/255 masks); the rest of the mask is kept (union). No
+    rule that reads the mask could hold in every host: an empty mask does not tell 0/1 from 0/255, and
+    kornia hands its ops integer masks as floats.
 """
 
 from __future__ import annotations
@@ -306,7 +308,7 @@ def merge_mask(mask: torch.Tensor, anomaly: torch.Tensor, mask_value: float | No
     anomaly : torch.Tensor
         Bool, broadcastable to ``mask``.
     mask_value : float or None
-        The value to write; ``None``: 255 for uint8, 1 (True) for every other dtype.
+        The value to write; ``None``: 1.
 
     Raises
     ------
@@ -316,6 +318,5 @@ def merge_mask(mask: torch.Tensor, anomaly: torch.Tensor, mask_value: float | No
     if tuple(mask.shape[-2:]) != tuple(anomaly.shape[-2:]):
         (h, w), (ih, iw) = mask.shape[-2:], anomaly.shape[-2:]
         raise ValueError(f"the mask is {h}x{w} but the image {ih}x{iw} (HxW): transform both together")
-    default = 255 if mask.dtype == torch.uint8 else 1
-    value = torch.tensor(default if mask_value is None else mask_value, device=mask.device).to(mask.dtype)
+    value = torch.tensor(1 if mask_value is None else mask_value, device=mask.device).to(mask.dtype)
     return torch.where(anomaly.to(mask.device), torch.maximum(mask, value), mask)

@@ -48,7 +48,7 @@ class RandomCrossDomainAnomaly(EngineHolder, KeySchedule, IntensityAugmentationB
         keyed randomness, keys ``(seed, rank, epoch, call, position)`` and keyed gates, independent of
         the global RNG (call ``set_epoch`` each epoch).
     mask_value : float or None
-        Value written into the mask where the anomaly is; ``None``: 255 in a uint8 mask, else 1.
+        Value written into the mask where the anomaly is; 1 by default (``255`` for 0/255 masks).
     keepdim : bool
         As for every kornia augmentation.
     config, preset, **options

@@ -38,7 +38,7 @@ class RandomCrossDomainAnomaly(EngineHolder, KeySchedule, ProbabilityGate, v2.Tr
         convention, Lightning's global seed (``$PL_GLOBAL_SEED``) when set, else the global torch RNG
         (``torch.manual_seed``), like torchvision's own random transforms.
     mask_value : float or None
-        Value written into a ``Mask`` where the anomaly is; ``None``: 255 in a uint8 mask, else 1.
+        Value written into a ``Mask`` where the anomaly is; 1 by default (``255`` for 0/255 masks).
     config, preset, **options
         The engine options: a ``CAIConfig`` (or its ``to_dict()``) or a preset name, and any ``CAIConfig``
         field on top.
@@ -94,7 +94,7 @@ class RandomCrossDomainAnomaly(EngineHolder, KeySchedule, ProbabilityGate, v2.Tr
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
             return tv_tensors.wrap(
-                merge_mask(inpt.as_subclass(torch.Tensor), _like(params["anomaly"], inpt)), like=inpt
+                merge_mask(inpt.as_subclass(torch.Tensor), _like(params["anomaly"], inpt), self.mask_value), like=inpt
             )
         if isinstance(inpt, tv_tensors.Image):
             return tv_tensors.wrap(params["image"], like=inpt)

@@ -53,7 +53,7 @@ def test_in_compose_writes_image_and_mask(bank: Path, image: np.ndarray) -> None
         out = pipeline(image=image, mask=empty)
         ref = plain(image=image, mask=empty)
         assert out["image"].shape == (SIZE, SIZE, 3) and out["image"].dtype == np.float32
-        assert out["mask"].shape == (SIZE, SIZE) and set(np.unique(out["mask"])) <= {0, 255}  # uint8: 255
+        assert out["mask"].shape == (SIZE, SIZE) and set(np.unique(out["mask"])) <= {0, 1}
         changed = np.abs(out["image"] - ref["image"]).max(axis=-1) > 1e-3
         if out["mask"].any():
             hits += 1
@@ -202,10 +202,10 @@ def test_bank_is_serialised_as_an_absolute_path(bank: Path, monkeypatch: pytest.
     assert A.to_dict(A.Compose([op]))["transform"]["transforms"][0]["bank"] == str(bank.resolve())
 
 
-def test_0_255_mask_stays_0_255_without_mask_value(bank: Path, image: np.ndarray) -> None:
+def test_0_255_mask_stays_0_255_with_mask_value(bank: Path, image: np.ndarray) -> None:
     existing = np.zeros(image.shape[:2], dtype=np.uint8)
     existing[:4, :4] = 255
-    out = A.Compose([CrossDomainAnomaly(bank=bank, p=1.0)], seed=3)(image=image, mask=existing)
+    out = A.Compose([CrossDomainAnomaly(bank=bank, p=1.0, mask_value=255)], seed=3)(image=image, mask=existing)
     assert set(np.unique(out["mask"])) == {0, 255}
     assert (out["mask"] > 0).sum() > 16
 
@@ -213,11 +213,11 @@ def test_0_255_mask_stays_0_255_without_mask_value(bank: Path, image: np.ndarray
 def test_masks_list_gets_the_anomaly_mask(bank: Path, image: np.ndarray) -> None:
     masks = [np.zeros(image.shape[:2], np.uint8), np.full(image.shape[:2], 0, np.uint8)]
     masks[1][:4, :4] = 255
-    op = CrossDomainAnomaly(bank=bank, p=1.0)
+    op = CrossDomainAnomaly(bank=bank, p=1.0, mask_value=255)
     out = A.Compose([op], seed=3)(image=image, masks=masks, mask=np.zeros(image.shape[:2], np.uint8))
     assert len(out["masks"]) == 2
     assert np.array_equal(out["masks"][0] > 0, out["mask"] > 0) and out["mask"].any()
-    assert set(np.unique(out["masks"][0])) == {0, 255}  # the call's masks are 0/255: so is the anomaly
+    assert set(np.unique(out["masks"][0])) == {0, 255}
     assert (out["masks"][1][:4, :4] == 255).all()
 
 

@@ -11,7 +11,9 @@ from test_frontend_augment import write_tiny_bank
 
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
+from cai_aug.frontends.anomalib import CAIAnomalyGenerator
 from cai_aug.frontends.augment import CAIAugment
+from cai_aug.frontends.dataset import CAIDataset
 from cai_aug.frontends.kornia import RandomCrossDomainAnomaly as KorniaOp
 from cai_aug.frontends.torchvision import RandomCrossDomainAnomaly as TorchvisionOp
 
@@ -28,6 +30,8 @@ BUILDERS: dict[str, Callable[[Path, str], object]] = {
     "CAIAugment": lambda bank, device: CAIAugment(bank, device=device),
     "kornia": lambda bank, device: KorniaOp(bank, device=device),
     "torchvision": lambda bank, device: TorchvisionOp(bank, device=device),
+    "CAIAnomalyGenerator": lambda bank, device: CAIAnomalyGenerator(bank, device=device),
+    "CAIDataset": lambda bank, device: CAIDataset([torch.zeros(3, 32, 32)], bank, device=device),
 }
 
 

@@ -52,6 +52,7 @@ OTHER = {
 
 
 def _draem(bank: Path, **options: object) -> object:
+    pytest.importorskip("anomalib", reason="CAIDraem needs anomalib")
     from cai_aug.anomalib import CAIDraem
 
     return CAIDraem(bank, evaluator=False, visualizer=False, **options)

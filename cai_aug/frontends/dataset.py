@@ -89,6 +89,8 @@ class CAIDataset(EngineHolder, KeySchedule, Dataset):
         device: torch.device | str | None = None,
         **options: Any,
     ) -> None:
+        # Shared memory: persistent workers (fork or spawn) see set_epoch made in the main process.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.hold_engine(bank, config, preset, classes, exclude, device, options)
         self.start_keys(seed, rank, per_rank)
         self.p_anomaly = check_p(p_anomaly, "p_anomaly")
@@ -101,8 +103,6 @@ class CAIDataset(EngineHolder, KeySchedule, Dataset):
             self.data = None
         else:
             self.root, self.files, self.data = None, None, normal
-        # Shared memory: persistent workers (fork or spawn) see set_epoch made in the main process.
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     @property
     def epoch(self) -> int:
@@ -110,12 +110,8 @@ class CAIDataset(EngineHolder, KeySchedule, Dataset):
 
     @epoch.setter
     def epoch(self, epoch: int) -> None:
-        if hasattr(self, "_epoch"):
-            self._epoch[0] = int(epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use epoch ``epoch``'s anomalies (call it with ``DistributedSampler.set_epoch``)."""
-        self.epoch = epoch
+        # set_epoch (call it with DistributedSampler.set_epoch) lands here
+        self._epoch[0] = int(epoch)
 
     def image_key(self, index: int) -> str | int:
         """Key of an image: its path relative to the folder, or its index in the wrapped dataset."""

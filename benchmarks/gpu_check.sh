@@ -136,7 +136,7 @@ for script, names in flags.items():
 for path in (
     "pyproject.toml", "benchmarks/gpu_wheels.txt", "benchmarks/fetch_gpu_wheels.sh", "benchmarks/speed/poisson_speed.py",
     "benchmarks/detector/__main__.py", "benchmarks/detector/unet.py", "benchmarks/detector/toydata.py",
-    "cai_aug/poisson/kernels/poisson_cg.cu", "cai_aug/poisson/kernels/poisson_mg.cu",
+    "kernels/poisson_cg.cu", "kernels/poisson_mg.cu",
 ):  # fmt: skip
     need(path)
 

@@ -136,11 +136,13 @@ class CDMSampler:
     def _build_cai(self, bank: Any, kwargs: dict[str, Any], seed: int) -> Any:
         if bank is None:
             return None
-        import cai_aug  # the engine; only needed for the default (CAI) masks
+        # the engine; only needed for the default (CAI) masks
+        from cai_aug.engine.bank import AnomalyBank
+        from cai_aug.engine.cai import CAI
 
         if isinstance(bank, str | Path):
-            bank = cai_aug.AnomalyBank.from_folder(bank)
-        return cai_aug.CAI(bank, seed=seed, device=self.device, **kwargs)
+            bank = AnomalyBank.from_folder(bank)
+        return CAI(bank, seed=seed, device=self.device, **kwargs)
 
     # --- keys, classes, masks ----------------------------------------------------------------------
 

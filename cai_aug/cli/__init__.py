@@ -1,22 +1,12 @@
-"""The ``cai-aug`` command line: one sub-command per module, registered lazily."""
+"""The ``cai-aug`` command line: one sub-command per module."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from cai_aug import __version__
-
-# (sub-command module, its one-line help). Each module defines ``register(subparsers)`` which adds
-# its parser and sets ``func`` to a callable taking the parsed namespace and returning an exit code.
-SUBCOMMANDS = (
-    "cai_aug.cli.synth",
-    "cai_aug.cli.demo",
-    "cai_aug.cli.build_bank",
-    "cai_aug.cli.cdm",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            continue
+    # Each sub-command module defines ``register(subparsers)``, which adds its parser and sets ``func`` to
+    # a callable taking the parsed namespace and returning an exit code; none imports a heavy stack here.
+    from cai_aug.cli import build_bank, cdm, demo, synth
+
+    for module in (synth, demo, build_bank, cdm):
         module.register(subparsers)
     return parser
 

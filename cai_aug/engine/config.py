@@ -278,14 +278,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split keyword arguments into ``(engine options, the rest)`` (e.g. ``device``, ``classes``)."""
-    names = set(CAIConfig.fields())
-    engine = {k: v for k, v in options.items() if k in names}
-    rest = {k: v for k, v in options.items() if k not in names}
-    return engine, rest
-
-
 # ---------------------------------------------------------------------- checks
 def _check_names(values: Mapping[str, Any]) -> None:
     unknown = sorted(set(values) - set(CAIConfig.fields()))

@@ -1,13 +1,13 @@
 """Foreground estimation ``yn = m(In)``: where on the target an anomaly may go.
 
 Modes: ``"none"`` (all ones, for textures), ``"auto"`` (an embedded border-colour background model,
-falling back to all ones when unsure), ``"rembg"`` (rembg matting with a local model, loaded as a plugin
-so that the engine never imports rembg), or any callable ``(B, C, H, W) -> (B, 1, H, W)``.
+falling back to all ones when unsure), ``"rembg"`` (rembg matting with a local model, see
+:mod:`cai_aug.engine.foreground_rembg`, which imports rembg only when it runs), or any callable
+``(B, C, H, W) -> (B, 1, H, W)``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -206,8 +206,9 @@ def resolve(foreground: str | ForegroundFn) -> ForegroundFn:
     if foreground == "auto":
         return border_background
     if foreground == "rembg":
-        # A plugin outside the engine layer: rembg is optional and heavy.
-        return importlib.import_module("cai_aug.frontends.rembg").RembgForeground()
+        from cai_aug.engine.foreground_rembg import RembgForeground
+
+        return RembgForeground()
     raise ValueError(f"foreground must be 'auto', 'none', 'rembg' or a callable, got {foreground!r}")
 
 

@@ -1,20 +1,10 @@
 """anomalib: ``CAIAnomalyGenerator`` (a drop-in for DRAEM's generator) and ``CAIDraem`` (a ``Draem``).
 
-anomalib 2.x DRAEM (``anomalib.models.image.draem.lightning_model.Draem``) makes its training anomalies
-with ``self.augmenter = PerlinAnomalyGenerator(anomaly_source_path=..., blend_factor=beta)`` and calls
-``augmented_image, anomaly_mask = self.augmenter(batch.image)``. ``CAIAnomalyGenerator`` has the same
-constructor keywords and call contract (``anomalib.data.utils.generators.perlin.PerlinAnomalyGenerator``):
-
-- ``forward(img)``: ``img`` ``(C, H, W)`` or ``(B, C, H, W)``, float in [0, 1] (DRAEM uses no
-  ``Normalize``); returns ``(augmented, mask)`` with ``augmented`` the shape/dtype of ``img`` and
-  ``mask`` ``(1, H, W)`` or ``(B, 1, H, W)`` float in {0, 1} on the same device;
-- ``probability``: chance that each image gets an anomaly (the others come back unchanged with an
-  empty mask).
-
-The generator imports neither anomalib nor torchvision (it is an ``nn.Module``, which is also what
-anomalib's ``v2.Transform`` is). ``CAIDraem`` needs anomalib; it is built on first access
-(``cai_aug.anomalib.CAIDraem``) so that importing the generator never pulls anomalib in.
-
+anomalib 2.x DRAEM makes its training anomalies with ``self.augmenter =
+PerlinAnomalyGenerator(anomaly_source_path=..., blend_factor=beta)`` and calls ``augmented_image,
+anomaly_mask = self.augmenter(batch.image)``; ``CAIAnomalyGenerator`` has the same constructor and call
+contract. It imports neither anomalib nor torchvision; ``CAIDraem`` needs anomalib, so it is built on
+first access (``cai_aug.anomalib.CAIDraem``).
 """
 
 from __future__ import annotations
@@ -28,12 +18,8 @@ from typing import Any
 import torch
 
 from cai_aug.frontends.augment import CAIAugment
-from cai_aug.frontends.common import BankLike, check_p
-from cai_aug.io.coerce import unit_range
+from cai_aug.frontends.common import BankLike, ConfigLike, bank_path, check_bank
 
-# How far outside [0, 1] a float image may lie and still be clamped: an antialiased bicubic resize of
-# a [0, 1] image overshoots by a few thousandths (1.004 measured), a de-normalisation round trip by
-# float noise. ImageNet-normalised images reach about -2.1 and 2.6, far beyond this.
 # PerlinAnomalyGenerator keywords that have no CAI counterpart: accepted so the class drops into DSR,
 # GLASS and anomalib's synthetic data code, and warned about once per process.
 _NO_CAI_MEANING = {
@@ -56,11 +42,15 @@ class CAIAnomalyGenerator(CAIAugment):
     Parameters
     ----------
     bank : path or AnomalyBank
-        Anomaly bank folder or ``AnomalyBank``; ``anomaly_source_path`` is accepted as an alias. The
+        Anomaly bank folder or ``AnomalyBank``; ``anomaly_source_path=`` is accepted as an alias. The
         positional order is ``PerlinAnomalyGenerator``'s: ``(anomaly_source_path, probability,
-        blend_factor)``; ``seed`` is keyword-only.
+        blend_factor, rotation_range, dual_mask)``; everything else is keyword-only.
     probability : float
-        Chance of an anomaly per image (a keyed draw, see ``CAIAugment``).
+        Chance of an anomaly per image (a keyed draw, see ``CAIAugment``); settable.
+    blend_factor, rotation_range, dual_mask
+        ``PerlinAnomalyGenerator``'s arguments, accepted so the class drops into DRAEM, DSR, GLASS and
+        anomalib's synthetic data code; CAI has no counterpart (Poisson editing sets the blend, the
+        defect its own shape), so a value given is ignored with one warning per process.
     seed : int or None
         ``int`` (default 0): keys ``(seed, rank, epoch, call, position)``, the same anomalies whatever the
         global RNG; call ``set_epoch`` from ``on_train_epoch_start`` to key them by epoch. ``None``:
@@ -68,19 +58,16 @@ class CAIAnomalyGenerator(CAIAugment):
         ``seed_everything``) when set, else keys drawn from the global torch RNG (``torch.manual_seed``).
     anomaly_source_path : path, optional
         anomalib's name for the bank.
-    blend_factor, rotation_range, dual_mask
-        ``PerlinAnomalyGenerator``'s keywords, accepted so the class drops into DSR, GLASS and anomalib's
-        synthetic data code; CAI has no counterpart (Poisson editing sets the blend, the defect its own
-        shape), so a value given is ignored with one warning per process.
-    classes, exclude : optional
-        Restrict the bank (see ``AnomalyBank.from_folder``).
-    **cai_kwargs
-        Engine options of ``CAIAugment`` (``mode``, ``quotas``, ``threshold``, ``device`` ...).
+    **kwargs
+        Every other keyword of ``CAIAugment``: ``config``, ``preset``, any ``CAIConfig`` field,
+        ``classes``, ``exclude``, ``device`` ...
 
     Notes
     -----
-    Float input up to 0.05 outside [0, 1] (a bicubic resize's overshoot) is clamped; normalised input
-    (e.g. ImageNet mean/std) raises a ``ValueError`` that says so.
+    ``forward(img)``: ``img`` ``(C, H, W)`` or ``(B, C, H, W)``, float in [0, 1] (DRAEM uses no
+    ``Normalize``; up to 0.05 outside is clamped, normalised input raises a ``ValueError`` that says so);
+    returns ``(augmented, mask)``, ``augmented`` the shape and dtype of ``img``, ``mask`` ``(1, H, W)``
+    or ``(B, 1, H, W)`` float in {0, 1}, on the device of ``img``.
     """
 
     def __init__(
@@ -88,55 +75,34 @@ class CAIAnomalyGenerator(CAIAugment):
         bank: BankLike | None = None,
         probability: float = 0.5,
         blend_factor: float | tuple[float, float] | None = None,
+        rotation_range: tuple[float, float] | None = None,
+        dual_mask: bool | None = None,
         *,
         seed: int | None = 0,
         anomaly_source_path: str | os.PathLike | None = None,
-        rotation_range: tuple[float, float] | None = None,
-        dual_mask: bool | None = None,
-        classes: Sequence[str] | None = None,
-        exclude: str | Sequence[str] | None = None,
-        **cai_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
-        if bank is None and anomaly_source_path is None:
-            raise ValueError("CAIAnomalyGenerator needs an anomaly bank: pass bank= (or anomaly_source_path=)")
-        if bank is not None and anomaly_source_path is not None:
-            raise ValueError("pass bank= or anomaly_source_path=, not both")
+        if (bank is None) == (anomaly_source_path is None):
+            raise ValueError("CAIAnomalyGenerator needs one anomaly bank: bank= or anomaly_source_path=")
         for keyword, value in (("blend_factor", blend_factor), ("rotation_range", rotation_range)):
             if value is not None:
                 _warn_once(keyword)
         if dual_mask:
             _warn_once("dual_mask")
-        bank = bank if bank is not None else Path(anomaly_source_path)  # type: ignore[arg-type]
-        super().__init__(
-            bank, p=probability, seed=0 if seed is None else seed, classes=classes, exclude=exclude, **cai_kwargs
-        )
-        self.follow_host_seed = seed is None
+        super().__init__(bank if bank is not None else Path(anomaly_source_path), probability, seed, **kwargs)
 
     @property
     def probability(self) -> float:
+        """anomalib's name for ``p`` (its code sets ``augmenter.probability`` after construction)."""
         return self.p
 
     @probability.setter
     def probability(self, value: float) -> None:
-        # anomalib code sets `augmenter.probability` after construction (as on PerlinAnomalyGenerator).
-        self.p = check_p(value, "probability")
-
-    def make_keys(self, batch: int) -> torch.Tensor:
-        if not self.follow_host_seed:
-            return super().make_keys(batch)
-        lightning_seed = os.environ.get("PL_GLOBAL_SEED")
-        if lightning_seed is not None:
-            self.seed = int(lightning_seed)
-            return super().make_keys(batch)
-        # Host convention without a Lightning seed: the global torch RNG (torch.manual_seed), drawn on the
-        # CPU so the keys, hence the anomalies, do not depend on the device.
-        return torch.randint(-(2**63), 2**63 - 1, (batch,), dtype=torch.int64)
+        self.p = value
 
     def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """``(C, H, W)`` -> ``(C, H, W), (1, H, W)``; ``(B, C, H, W)`` -> ``(B, C, H, W), (B, 1, H, W)``."""
-        augmented, masks, _ = super().forward(unit_range(img, "images"))
-        if not masks.dtype.is_floating_point:
-            masks = masks.float()
+        augmented, masks, _ = super().forward(img)
         return augmented, masks
 
 
@@ -160,16 +126,24 @@ def _define_cai_draem() -> type:
             ``None`` (default): Lightning's global seed (``seed_everything`` / ``seed_everything: N`` in
             the configuration, read from ``$PL_GLOBAL_SEED``), else the global torch RNG. An ``int``:
             our keyed seed, independent of any global RNG.
-        mode, quotas, foreground, threshold, margin, classes, exclude
-            CAI engine and bank options (see ``cai_aug.CAI`` and ``AnomalyBank.from_folder``).
+        config, preset : optional
+            The engine options (a ``CAIConfig``, its ``to_dict()``, or a preset name such as ``"paper"``);
+            the defaults are ``CAIConfig``'s.
+        classes, exclude, device : optional
+            As for ``CAIAnomalyGenerator``.
+        beta
+            ``Draem``'s blend factor of its Perlin anomalies: no meaning for CAI, ignored with a warning.
         enable_sspcab, sspcab_lambda, pre_processor, post_processor, evaluator, visualizer
             As for ``Draem``.
+        **options
+            Any ``CAIConfig`` field (``mode``, ``anomalies``, ``quotas`` ...) on top of ``config``.
 
         Notes
         -----
         ``on_train_epoch_start`` calls the generator's ``set_epoch``; the epoch and call counters (and
         the seed in use) are saved in the checkpoint, so a run resumed mid-epoch continues the key
-        sequence instead of repeating the anomalies it has already made.
+        sequence instead of repeating the anomalies it has already made. The generator computes on the
+        device of the batches, that is the model's.
         """
 
         def __init__(
@@ -177,25 +151,21 @@ def _define_cai_draem() -> type:
             bank: str | os.PathLike,
             probability: float = 0.5,
             seed: int | None = None,
-            mode: str = "normal",
-            quotas: tuple[float, float, float] = (4, 3, 3),
-            foreground: str = "auto",
-            threshold: float = 7 / 255,
-            margin: int = 8,
-            classes: list[str] | None = None,
-            exclude: str | list[str] | None = None,
+            config: ConfigLike = None,
+            preset: str | None = None,
+            classes: Sequence[str] | None = None,
+            exclude: str | Sequence[str] | None = None,
+            device: str | None = None,
+            beta: float | tuple[float, float] | None = None,
             enable_sspcab: bool = False,
             sspcab_lambda: float = 0.1,
             pre_processor: Any = True,
             post_processor: Any = True,
             evaluator: Any = True,
             visualizer: Any = True,
+            **options: Any,
         ) -> None:
-            from cai_aug.frontends.common import bank_path
-
-            folder = Path(bank_path(bank)).expanduser().resolve()
-            if not folder.is_dir():
-                raise FileNotFoundError(f"CAIDraem: the anomaly bank {folder} is not a folder")
+            folder = bank_path(check_bank(bank))
             # Draem downloads DTD unless dtd_dir names an existing folder; the bank is one, and the
             # Perlin generator Draem builds over it is replaced right away.
             super().__init__(
@@ -209,15 +179,15 @@ def _define_cai_draem() -> type:
             )
             self.augmenter = CAIAnomalyGenerator(
                 bank if not isinstance(bank, (str, os.PathLike)) else folder,
-                probability=probability,
+                probability,
+                beta,
                 seed=seed,
-                mode=mode,
-                quotas=tuple(quotas),
-                foreground=foreground,
-                threshold=threshold,
-                margin=margin,
+                config=config,
+                preset=preset,
                 classes=classes,
                 exclude=exclude,
+                device=device,
+                **options,
             )
             self._resumed: tuple[int, int] | None = None
 

@@ -9,7 +9,6 @@ merged (union) into the ``mask`` that follows it in the same call.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,11 +16,20 @@ import torch
 from kornia.augmentation import IntensityAugmentationBase2D
 
 from cai_aug.engine import rng
-from cai_aug.frontends.common import BankLike, apply_draws, check_p, current_rank, get_engine, mask_value_for
-from cai_aug.io.coerce import unit_range
+from cai_aug.frontends.common import (
+    BankLike,
+    ConfigLike,
+    EngineHolder,
+    KeySchedule,
+    apply_draws,
+    check_p,
+    inject,
+    merge_mask,
+)
+from cai_aug.io.coerce import as_float_batch
 
 
-class RandomCrossDomainAnomaly(IntensityAugmentationBase2D):
+class RandomCrossDomainAnomaly(EngineHolder, KeySchedule, IntensityAugmentationBase2D):
     """Inject a real defect of another domain (CAI) into each image; its mask goes into ``mask``.
 
     Parameters
@@ -29,25 +37,27 @@ class RandomCrossDomainAnomaly(IntensityAugmentationBase2D):
     bank : path or AnomalyBank
         Anomaly bank folder (loaded once per process) or an ``AnomalyBank``.
     p : float
-        Probability per sample (kornia's element-wise gate).
+        Probability per sample (kornia's element-wise gate; settable).
     p_batch : float
         Probability for the whole batch (kornia's batch gate).
     same_on_batch : bool
         One key (hence one source, scale and placement rule) for the whole batch.
     seed : int or None
-        ``None`` (default): kornia's convention, keys and gates drawn from the global torch RNG, so
-        ``torch.manual_seed`` reproduces a run. An ``int``: our keyed randomness, keys
-        ``(seed, rank, epoch, call, position)`` and keyed gates, independent of the global RNG (call
-        ``set_epoch`` each epoch).
+        ``None`` (default): the host's convention, keys and gates drawn from the global torch RNG (or
+        Lightning's ``$PL_GLOBAL_SEED`` when set), so ``torch.manual_seed`` reproduces a run. An ``int``:
+        keyed randomness, keys ``(seed, rank, epoch, call, position)`` and keyed gates, independent of
+        the global RNG (call ``set_epoch`` each epoch).
     mask_value : float or None
-        Value written into the mask where the anomaly is; ``None`` infers it (255 for a mask already
-        holding values above 1, else 1).
+        Value written into the mask where the anomaly is; 1 by default (``255`` for 0/255 masks).
     keepdim : bool
         As for every kornia augmentation.
+    config, preset, **options
+        The engine options: a ``CAIConfig`` (or its ``to_dict()``) or a preset name, and any ``CAIConfig``
+        field on top.
     classes, exclude : optional
         Restrict the bank (see ``AnomalyBank.from_folder``).
-    **cai_kwargs
-        Engine options (``mode``, ``quotas``, ``foreground``, ``threshold``, ``margin``, ``device`` ...).
+    device : str or torch.device, optional
+        The engine's device (default: the images', or where ``.to()`` moved the op).
 
     Notes
     -----
@@ -56,9 +66,11 @@ class RandomCrossDomainAnomaly(IntensityAugmentationBase2D):
     without autograd.
     """
 
+    key_name = "RandomCrossDomainAnomaly"
+
     def __init__(
         self,
-        bank: BankLike | str | os.PathLike,
+        bank: BankLike,
         p: float = 0.5,
         p_batch: float = 1.0,
         same_on_batch: bool = False,
@@ -66,48 +78,27 @@ class RandomCrossDomainAnomaly(IntensityAugmentationBase2D):
         *,
         mask_value: float | None = None,
         keepdim: bool = False,
+        config: ConfigLike = None,
+        preset: str | None = None,
         classes: Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
-        **cai_kwargs: Any,
+        device: torch.device | str | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(
             p=check_p(p), p_batch=check_p(p_batch, "p_batch"), same_on_batch=same_on_batch, keepdim=keepdim
         )
-        self.bank = bank
-        self.seed = None if seed is None else int(seed)
+        self.hold_engine(bank, config, preset, classes, exclude, device, options)
+        self.start_keys(seed)
+        self.keyed = seed is not None
         self.mask_value = mask_value
-        self.classes = classes
-        self.exclude = exclude
-        self.cai_kwargs = cai_kwargs
-        get_engine(bank, classes, exclude, **cai_kwargs)  # a bad bank or option fails here, not mid-training
-        self.epoch = 0
-        self.calls = 0
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def engine(self) -> Any:
-        return get_engine(self.bank, self.classes, self.exclude, **self.cai_kwargs)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch``: keyed draws restart from call 0 of that epoch."""
-        self.epoch = int(epoch)
-        self.calls = 0
-
-    def _keys(self, batch: int) -> torch.Tensor:
-        count = 1 if self.same_on_batch else batch
-        if self.seed is None:
-            keys = torch.randint(-(2**63), 2**63 - 1, (count,), dtype=torch.int64)
-        else:
-            parts = (self.seed, "RandomCrossDomainAnomaly", current_rank(), self.epoch, self.calls)
-            keys = torch.tensor([rng.sample_key(*parts, i) for i in range(count)], dtype=torch.int64)
-            self.calls += 1
-        return keys.expand(batch).clone()
 
     def forward_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         params = super().forward_parameters(batch_shape)
-        keys = self._keys(batch_shape[0])
+        keys = self.next_keys(1 if self.same_on_batch else batch_shape[0]).expand(batch_shape[0]).clone()
         params["key"] = keys
-        if self.seed is not None:
+        if self.keyed:
             # Keyed gates too, so a seeded op is reproducible whatever the global RNG did.
             gate = apply_draws(keys, self.p) & apply_draws(rng.derive(keys[:1], 1).expand(keys.shape[0]), self.p_batch)
             params["batch_prob"] = gate.to(device=params["batch_prob"].device, dtype=params["batch_prob"].dtype)
@@ -120,21 +111,12 @@ class RandomCrossDomainAnomaly(IntensityAugmentationBase2D):
         flags: dict[str, Any],
         transform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        images = unit_range(input, "images")
-        chosen = torch.atleast_1d(params["batch_prob"] > 0.5).cpu()
-        if chosen.shape[0] != images.shape[0]:
-            chosen = chosen.expand(images.shape[0])
-        out = images.clone()
-        anomaly = torch.zeros((images.shape[0], 1, *images.shape[-2:]), dtype=torch.bool, device=images.device)
-        if chosen.any():
-            index = chosen.nonzero()[:, 0].to(images.device)
-            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-                result = self.engine(images[index], keys=params["key"].cpu()[chosen])
-            out[index] = result.images.to(out.dtype)
-            anomaly[index] = result.masks > 0.5
+        images, _ = as_float_batch(input)
+        chosen = torch.atleast_1d(params["batch_prob"] > 0.5).cpu().expand(images.shape[0])
+        out, anomaly, _ = inject(self.engine, images, params["key"], chosen)
         # The mask of this call follows its image in AugmentationSequential: keep the anomaly for it.
         self._last = (params["key"], anomaly)
-        return out
+        return out.to(input.dtype)
 
     def apply_transform_mask(
         self,
@@ -148,8 +130,4 @@ class RandomCrossDomainAnomaly(IntensityAugmentationBase2D):
                 "RandomCrossDomainAnomaly makes the mask from the image: pass the image ('input') before the "
                 "mask in the same call (data_keys=['input', 'mask'])"
             )
-        anomaly = self._last[1].to(input.device)
-        if tuple(anomaly.shape[-2:]) != tuple(input.shape[-2:]):
-            raise ValueError(f"the mask is {tuple(input.shape[-2:])} but the image {tuple(anomaly.shape[-2:])}")
-        value = torch.tensor(mask_value_for(input, self.mask_value), dtype=input.dtype, device=input.device)
-        return torch.where(anomaly.expand_as(input), torch.maximum(input, value), input)
+        return merge_mask(input, self._last[1], self.mask_value)

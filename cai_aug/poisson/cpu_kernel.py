@@ -1,4 +1,4 @@
-"""The compiled CPU solve (``cpu_kernel.cpp``): built with the system's C++ compiler on first use.
+"""The compiled CPU solve (``kernels/cpu_kernel.cpp``): built with the system's C++ compiler on first use.
 
 Why: on the CPU the torch loop of :mod:`cai_aug.poisson.pcg` is bound by memory traffic (about 30
 full-array passes per CG iteration) and, for small patterns, by per-call overhead (dozens of tiny
@@ -34,13 +34,14 @@ import torch
 
 from cai_aug.poisson import multigrid as mg
 from cai_aug.poisson.constants import ATOL_STEP_FACTOR, STOP_FACTOR
+from cai_aug.poisson.native import native_dir
 from cai_aug.poisson.system import CanvasSystem
 
 __all__ = ["USE", "available", "blend", "enabled", "pcg"]
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
+SOURCE = native_dir() / "cpu_kernel.cpp"
 # False: the CPU solves stay with the torch loop (tests of that loop, benchmarks against it)
 USE = True
 ENV_SWITCH = "CAI_AUG_POISSON_CPU_KERNEL"

@@ -1,6 +1,6 @@
 """CuPy CUDA path of :func:`cai_aug.poisson.poisson_blend`: the CG loop and V-cycle as fused kernels.
 
-The kernels live in ``cai_aug/poisson/kernels/*.cu``, are compiled once per process
+The kernels live in the top-level ``kernels/*.cu``, are compiled once per process
 and device with ``cupy.RawModule`` (NVRTC) and cached. Tensors stay torch tensors owned by torch's
 caching allocator; the kernels see them through DLPack (``cupy.from_dlpack``, zero copy) and are
 launched on torch's current CUDA stream, so torch and CuPy work is ordered without host round trips.
@@ -35,6 +35,7 @@ import torch
 
 from cai_aug.poisson import multigrid as mg
 from cai_aug.poisson.constants import ATOL_STEP_FACTOR, CHECK_EVERY, MAX_PLANES, STOP_FACTOR
+from cai_aug.poisson.native import native_dir
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +89,12 @@ _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[ \t]*$', re.M)
 
 
 def kernel_sources() -> dict[str, str]:
-    """CUDA sources by file name (package data ``cai_aug.poisson.kernels``), ready for NVRTC.
+    """CUDA sources by file name (see :func:`~cai_aug.poisson.native.native_dir`), ready for NVRTC.
 
     Every ``#include "header"`` of a package header is replaced by the header's text: NVRTC gets no
-    include path by default, and the package data may not be a directory on disk (zip imports).
+    include path by default.
     """
-    from importlib.resources import files
-
-    root = files("cai_aug.poisson.kernels")
+    root = native_dir()
     headers = {name: root.joinpath(name).read_text() for name in KERNEL_HEADERS}
 
     def inline(match: re.Match) -> str:

@@ -109,7 +109,7 @@ def _shift_weights(east: torch.Tensor, south: torch.Tensor) -> tuple[torch.Tenso
 def neighbour_sum(x: torch.Tensor, level: Level, out: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted sum of the 4 neighbours of every pixel: ``(N, C, H, W)`` -> ``(N, C, H, W)`` (into ``out``)."""
     # in-place products on tensor slices: about 2x faster than a padded copy, and faster than conv2d
-    # on CPU (NOTES.md); they also take the per-pixel weights directly
+    # on CPU; they also take the per-pixel weights directly
     e, s = level.east_cut, level.south_cut
     if out is None:
         out = torch.empty_like(x)

@@ -16,7 +16,7 @@ from PIL import Image
 
 import cai_aug
 from cai_aug import CAI, CAIConfig
-from cai_aug.engine.config import LIMITS, MODES, split_options
+from cai_aug.engine.config import LIMITS, MODES
 
 
 def test_defaults_are_the_reference_settings_where_the_benchmark_did_not_say_otherwise():
@@ -139,11 +139,6 @@ def test_build_combines_config_dict_and_overrides():
     assert CAIConfig.build(CAIConfig(mode="mixed"), mode="normal").mode == "normal"
     with pytest.raises(TypeError, match="config must be"):
         CAIConfig.build("mixed")  # type: ignore[arg-type]
-
-
-def test_split_options_separates_engine_options_from_the_rest():
-    engine, rest = split_options({"mode": "mixed", "device": "cpu", "classes": ["hole"]})
-    assert engine == {"mode": "mixed"} and rest == {"device": "cpu", "classes": ["hole"]}
 
 
 # ---------------------------------------------------------------------- the engine takes it

@@ -78,7 +78,7 @@ def test_dilation_is_the_any_over_a_square_window(size):
 
 
 def test_rembg_real_model_path():
-    from cai_aug.frontends.rembg import model_path
+    from cai_aug.engine.foreground_rembg import model_path
 
     if not model_path("u2netp").exists():
         pytest.skip(

@@ -217,7 +217,7 @@ def test_caidraem_downloads_nothing(bank: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(draem_module, "download_and_extract", refuse)
     model = CAIDraem(bank=bank, evaluator=False, visualizer=False)
     assert isinstance(model, Draem) and isinstance(model.augmenter, CAIAnomalyGenerator)
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         CAIDraem(bank=bank / "missing")
 
 

@@ -146,7 +146,7 @@ def test_wraps_map_style_datasets(bank: Path) -> None:
 
 
 def test_image_size_and_pickling(normals: Path, bank: Path) -> None:
-    dataset = CAIDataset(normals, bank, p_anomaly=1.0, image_size=(48, 40), cai={"mode": "mixed"})
+    dataset = CAIDataset(normals, bank, p_anomaly=1.0, image_size=(48, 40), mode="mixed")
     item = dataset[1]
     assert item["image"].shape == (3, 48, 40) and item["anomaly_mask"].shape == (1, 48, 40)
     # Pickled for workers: paths and settings only (the bank is loaded lazily, once per process).
@@ -159,9 +159,9 @@ def test_image_size_and_pickling(normals: Path, bank: Path) -> None:
 
 def test_rank_is_pinned_for_spawned_workers(normals: Path, bank: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     dataset = CAIDataset(normals, bank, p_anomaly=1.0)
-    monkeypatch.setattr("cai_aug.frontends.dataset.current_rank", lambda: 1)
+    monkeypatch.setattr("cai_aug.frontends.common.current_rank", lambda: 1)
     clone = pickle.loads(pickle.dumps(dataset))  # what a spawned worker receives
-    monkeypatch.setattr("cai_aug.frontends.dataset.current_rank", lambda: 0)  # workers are no ranks
+    monkeypatch.setattr("cai_aug.frontends.common.current_rank", lambda: 0)  # workers are no ranks
     assert clone.resolved_rank() == 1 and dataset.resolved_rank() == 0
     assert torch.equal(clone.keys([0]), CAIDataset(normals, bank, rank=1).keys([0]))
     assert not torch.equal(clone.keys([0]), dataset.keys([0]))
@@ -241,13 +241,13 @@ def test_missing_bank_folder_fails_at_construction(normals: Path, tmp_path: Path
 
 def test_bad_engine_option_fails_at_construction(normals: Path, bank: Path) -> None:
     with pytest.raises(ValueError, match="threshold"):
-        CAIDataset(normals, bank, cai={"threshold": 3.0})
+        CAIDataset(normals, bank, threshold=3.0)
 
 
 def test_takes_a_config(normals: Path, bank: Path) -> None:
     from cai_aug import CAIConfig
 
-    dataset = CAIDataset(normals, bank, p_anomaly=1.0, cai=CAIConfig(mode="mixed"))
+    dataset = CAIDataset(normals, bank, p_anomaly=1.0, config=CAIConfig(mode="mixed"))
     assert dataset.config.mode == "mixed" and dataset.engine.config == CAIConfig(mode="mixed")
-    as_dict = CAIDataset(normals, bank, p_anomaly=1.0, cai={"mode": "mixed", "classes": ["crack", "stain"]})
+    as_dict = CAIDataset(normals, bank, p_anomaly=1.0, config={"mode": "mixed"}, classes=["crack", "stain"])
     assert as_dict.config == dataset.config and set(as_dict.engine.bank.classes) == {"crack", "stain"}

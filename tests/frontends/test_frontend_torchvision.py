@@ -54,10 +54,10 @@ def test_other_types_pass_through(bank: Path, image: tv_tensors.Image) -> None:
     assert out["boxes"] is sample["boxes"] and out["label"] == 0 and out["path"] == "a.png"
 
 
-def test_existing_mask_is_kept_and_0_255_stays_0_255(bank: Path, image: tv_tensors.Image) -> None:
+def test_existing_mask_is_kept_and_0_255_stays_0_255_with_mask_value(bank: Path, image: tv_tensors.Image) -> None:
     mask = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
     mask[:8, :8] = 255
-    _, out = RandomCrossDomainAnomaly(bank, p=1.0)(image, tv_tensors.Mask(mask))
+    _, out = RandomCrossDomainAnomaly(bank, p=1.0, mask_value=255)(image, tv_tensors.Mask(mask))
     assert (out[:8, :8] == 255).all() and set(out.unique().tolist()) == {0, 255}
     assert int((out > 0).sum()) > 64
 

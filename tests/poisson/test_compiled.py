@@ -1,4 +1,4 @@
-"""The compiled CPU solve (cai_aug/poisson/cpu_kernel.cpp) computes what the torch CG loop computes."""
+"""The compiled CPU solve (kernels/cpu_kernel.cpp) computes what the torch CG loop computes."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 
 from cai_aug.poisson import cupy_backend as poisson_cupy
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "cai_aug" / "poisson" / "kernels"
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
 KERNELS = sorted(KERNEL_DIR.glob("*.cu"))
 NVCC = shutil.which("nvcc")
 

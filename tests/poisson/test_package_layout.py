@@ -62,7 +62,7 @@ def test_modules_import_each_other_without_a_cycle() -> None:
 
 
 def test_the_cuda_kernels_share_one_neighbour_sum() -> None:
-    kernels = PACKAGE / "kernels"
+    kernels = PACKAGE.parents[1] / "kernels"
     assert "neighbour_sum(" in (kernels / "common.cuh").read_text()
     for cu in kernels.glob("*.cu"):
         assert "T neighbour_sum(" not in cu.read_text(), f"{cu.name} defines its own neighbour_sum"

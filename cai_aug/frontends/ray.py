@@ -41,6 +41,7 @@ import torch
 
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.cai import CAI
+from cai_aug.engine.config import CAIConfig
 from cai_aug.frontends.offline import list_normals, outcome, read_normal, run_identity
 from cai_aug.io.coerce import CoercedImage, coerce_image, require_min_side
 from cai_aug.io.output import Outcome, OutputFolder, output_stem, run_offline, write_files
@@ -130,7 +131,10 @@ class CAIMapper:
         skip_bad: an input image that cannot be used (unreadable, truncated, smaller than any pattern)
             becomes one row with ``index`` -1 and its reason in the ``skipped`` column, instead of an error
             that stops the pipeline (``run_ray`` turns those rows into ``skipped.jsonl``).
-        **cai_kwargs: further :class:`~cai_aug.engine.cai.CAI` options (``mode``, ``quotas``, ``foreground``...).
+        config, preset: the engine configuration (a :class:`~cai_aug.engine.config.CAIConfig`, its dict, or a
+            preset name such as ``"paper"``), as every front end takes them.
+        **cai_kwargs: any :class:`~cai_aug.engine.config.CAIConfig` field (``mode``, ``quotas``, ``anomalies``...)
+            on top of ``config``.
     """
 
     def __init__(
@@ -148,6 +152,8 @@ class CAIMapper:
         path_column: str = "path",
         key_column: str = "key",
         skip_bad: bool = False,
+        config: CAIConfig | Mapping[str, Any] | None = None,
+        preset: str | None = None,
         **cai_kwargs: Any,
     ) -> None:
         if per_image < 1:
@@ -158,7 +164,7 @@ class CAIMapper:
         self.device = _actor_device(device)
         if not isinstance(bank, AnomalyBank):
             bank = AnomalyBank.from_folder(bank, classes=classes, exclude=exclude)
-        self.cai = CAI(bank, seed=seed, device=self.device, **cai_kwargs)
+        self.cai = CAI(bank, config, preset=preset, seed=seed, device=self.device, **cai_kwargs)
         bank.storage_on(self.device)  # ready on the actor's device before the first batch
         self.per_image = int(per_image)
         self.seed = int(seed)

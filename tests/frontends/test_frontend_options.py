@@ -58,6 +58,13 @@ def _draem(bank: Path, **options: object) -> object:
     return CAIDraem(bank, evaluator=False, visualizer=False, **options)
 
 
+def _mapper(bank: Path, **options: object) -> object:
+    pytest.importorskip("ray", reason="CAIMapper needs Ray")
+    from cai_aug.frontends.ray import CAIMapper
+
+    return CAIMapper(bank, **options)
+
+
 FRONT_ENDS: dict[str, Callable[..., object]] = {
     "CAIAugment": lambda bank, **o: CAIAugment(bank, **o),
     "CAIAnomalyGenerator": lambda bank, **o: CAIAnomalyGenerator(bank, **o),
@@ -66,6 +73,7 @@ FRONT_ENDS: dict[str, Callable[..., object]] = {
     "kornia": lambda bank, **o: KorniaOp(bank, **o),
     "torchvision": lambda bank, **o: TorchvisionOp(bank, **o),
     "CAIDraem": _draem,
+    "CAIMapper": _mapper,
 }
 
 
@@ -75,7 +83,15 @@ def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(front_end: object) -> CAIConfig:
-    return front_end.augmenter.config if hasattr(front_end, "augmenter") else front_end.config
+    if hasattr(front_end, "augmenter"):
+        return front_end.augmenter.config
+    return front_end.cai.config if hasattr(front_end, "cai") else front_end.config
+
+
+def _engine(front_end: object) -> object:
+    if hasattr(front_end, "augmenter"):
+        return front_end.augmenter.engine
+    return front_end.cai if hasattr(front_end, "cai") else front_end.engine
 
 
 def test_every_field_has_another_value() -> None:
@@ -89,8 +105,7 @@ def test_each_field_reaches_the_engine(bank: Path, name: str) -> None:
         front_end = FRONT_ENDS[name](bank, **{field: value})
         expected = CAIConfig().replace(**{field: value})
         assert _config(front_end) == expected, field
-        engine = front_end.augmenter.engine if hasattr(front_end, "augmenter") else front_end.engine
-        assert engine.config == expected, field
+        assert _engine(front_end).config == expected, field
 
 
 @pytest.mark.parametrize("name", sorted(FRONT_ENDS))

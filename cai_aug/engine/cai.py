@@ -68,17 +68,56 @@ class CAIResult:
 
 
 @dataclass
-class _Attempt:
-    """Outputs of one attempt for a subset of the batch (all tensors on the compute device).
-
-    ``injection`` and ``masks`` are canvases (:mod:`cai_aug.engine.injection`): only the samples that
-    succeed are written into the output images, never a full copy of the subset. ``canvas``: ``(n,)``
-    the canvas of each sample, when only the placed samples were injected (None: canvas ``i`` is sample
-    ``i``).
-    """
+class _Canvases:
+    """Injected canvases of some samples of an attempt: ``injection`` and ``masks`` (:mod:`cai_aug.engine.
+    injection`), and ``samples`` ``(m,)``, the attempt's sample of each canvas (None: canvas ``i`` is
+    sample ``i``, all of them)."""
 
     injection: Injection
     masks: torch.Tensor
+    samples: torch.Tensor | None = None
+
+    def write_(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        rows: torch.Tensor,
+        slot: torch.Tensor | None,
+        keep: torch.Tensor,
+    ) -> None:
+        """Paste the canvases of samples ``keep`` (``(n,)`` over the attempt) into ``images`` / ``masks``
+        ``(B, ., H, W)`` at ``rows`` (the image of each sample), in place.
+
+        ``slot``: ``(n,)`` the anomaly slot of each sample, when an image has several: then only each
+        canvas's region is written (the rest of its window may hold another anomaly of the image), one
+        slot at a time, so that one call never writes two windows of one image.
+        """
+        injection = self.injection
+        if self.samples is not None:
+            rows, keep = rows[self.samples], keep[self.samples]
+            slot = None if slot is None else slot[self.samples]
+        if slot is None and bool(keep.all()):  # the usual case: no subset copies of the canvases
+            paste_(images, injection.images, injection.origin_y, injection.origin_x, rows)
+            paste_(masks, self.masks, injection.origin_y, injection.origin_x, rows)
+            return
+        groups = [keep] if slot is None else [keep & (slot == value) for value in slot[keep].unique().tolist()]
+        for group in groups:
+            index = group.nonzero()[:, 0]
+            origin_y, origin_x = injection.origin_y[index], injection.origin_x[index]
+            where = None if slot is None else injection.region[index]
+            paste_(images, injection.images[index], origin_y, origin_x, rows[index], where=where)
+            paste_(masks, self.masks[index], origin_y, origin_x, rows[index], where=where)
+
+
+@dataclass
+class _Attempt:
+    """Outputs of one attempt for a subset of the batch (all tensors on the compute device).
+
+    ``canvases``: the injected canvases, in groups of similar size; only the samples that succeed are
+    written into the output images, never a full copy of the subset.
+    """
+
+    canvases: list[_Canvases]
     success: torch.Tensor
     source: torch.Tensor
     synthesis: torch.Tensor
@@ -92,31 +131,27 @@ class _Attempt:
     residual: torch.Tensor
     mixed: torch.Tensor
     fallback: torch.Tensor
-    canvas: torch.Tensor | None = None
 
     @classmethod
     def collect(
         cls,
         plan: SynthesisPlan,
         placement: Placement,
-        injection: Injection,
-        masks: torch.Tensor,
+        canvases: list[_Canvases],
         success: torch.Tensor,
         mixed: torch.Tensor,
-        live: torch.Tensor | None = None,
     ) -> _Attempt:
-        """The attempt's canvases and its per-sample decisions; ``live``: the samples that have a canvas
-        (None: all), ``injection`` and ``masks`` are theirs."""
-        iterations, residual, canvas = injection.iterations, injection.residual, None
-        if live is not None:
-            count = success.shape[0]
-            canvas = torch.full((count,), -1, dtype=torch.int64, device=success.device)
-            canvas[live] = torch.arange(live.shape[0], device=success.device)
-            iterations = iterations.new_zeros(count).index_put_((live,), iterations)
-            residual = residual.new_zeros(count).index_put_((live,), residual)
+        """The attempt's canvases and its per-sample decisions."""
+        if len(canvases) == 1 and canvases[0].samples is None:
+            iterations, residual = canvases[0].injection.iterations, canvases[0].injection.residual
+        else:
+            iterations = torch.zeros(success.shape, dtype=torch.int64, device=success.device)
+            residual = torch.zeros(success.shape, dtype=torch.float32, device=success.device)
+            for group in canvases:
+                iterations[group.samples] = group.injection.iterations
+                residual[group.samples] = group.injection.residual
         return cls(
-            injection=injection,
-            masks=masks,
+            canvases=canvases,
             success=success,
             source=plan.source,
             synthesis=plan.synthesis,
@@ -130,33 +165,15 @@ class _Attempt:
             residual=residual,
             mixed=mixed,
             fallback=plan.fallback & success,
-            canvas=canvas,
         )
 
     def write_(
         self, images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor | None = None
     ) -> None:
-        """Paste the successful samples' canvases into ``images`` / ``masks`` ``(B, ., H, W)`` at ``rows``
-        (the image of each of this attempt's samples), in place.
-
-        ``slot``: ``(N,)`` the anomaly slot of each sample, when an image has several: then only each
-        canvas's region is written (the rest of its window may hold another anomaly of the image), one
-        slot at a time, so that one call never writes two windows of one image.
-        """
-        keep = self.success
-        injection = self.injection
-        if self.canvas is None and slot is None and bool(keep.all()):  # the usual case: no subset copies
-            paste_(images, injection.images, injection.origin_y, injection.origin_x, rows)
-            paste_(masks, self.masks, injection.origin_y, injection.origin_x, rows)
-            return
-        groups = [keep] if slot is None else [keep & (slot == value) for value in slot[keep].unique().tolist()]
-        for group in groups:
-            index = group.nonzero()[:, 0]
-            canvas = index if self.canvas is None else self.canvas[index]
-            origin_y, origin_x = injection.origin_y[canvas], injection.origin_x[canvas]
-            where = None if slot is None else injection.region[canvas]
-            paste_(images, injection.images[canvas], origin_y, origin_x, rows[index], where=where)
-            paste_(masks, self.masks[canvas], origin_y, origin_x, rows[index], where=where)
+        """Paste the successful samples' canvases into ``images`` / ``masks`` at ``rows`` (the image of each
+        of this attempt's samples), in place (see :meth:`_Canvases.write_`)."""
+        for group in self.canvases:
+            group.write_(images, masks, rows, slot, self.success)
 
 
 class CAI:
@@ -452,36 +469,62 @@ class CAI:
         storage = self.bank.storage_on(images.device)
         mixed = mixed_guidance(draw.keys, config.mode)
         paste_weight = paste_weights(draw.keys, config.paste_weight)
-        # only the placed samples are injected (the others fail as they are)
-        live = None if bool(draw.placed.all()) else draw.placed.nonzero()[:, 0]
-        part = _Part(live, draw.images, draw.plan.source.clamp(min=0), draw.placement, draw.placed, mixed, paste_weight)
-        # PE: the source resampled into a canvas, blended into the target's canvas inside Omega.
-        injection = inject(
-            images,
-            foreground,
-            storage,
-            part.source,
-            part.placement,
-            part.placed,
-            margin=config.margin,
-            mode=part.mixed if config.mode == "both" else config.mode,
-            use_poisson=config.use_poisson,
-            use_ils=config.use_ils,
-            grey_injection=config.grey_injection,
-            paste_weight=part.paste_weight,
-            rtol=config.rtol,
-            atol=config.atol,
-            max_iter=config.max_iter,
-            backend=config.backend,
-            rows=part.rows,
-        )
-        # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
-        masks = injection_mask(injection, config.threshold, config.median)
-        pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
-        success = injection.placed & (pixels >= config.min_mask_pixels)
-        if live is not None:
-            success = torch.zeros_like(draw.placed).index_put_((live,), success)
-        return _Attempt.collect(draw.plan, draw.placement, injection, masks, success, mixed, live)
+        # only the placed samples are injected (the others fail as they are); on the CPU in groups of
+        # similar pattern size, so that a small pattern's canvas is not as large as the batch's largest
+        success = torch.zeros_like(draw.placed)
+        canvases = []
+        for samples in _size_groups(draw.placed, draw.placement, images.device):
+            part = _Part(samples, draw.images, draw.plan.source.clamp(min=0), draw.placement, draw.placed, mixed,
+                         paste_weight)  # fmt: skip
+            # PE: the source resampled into a canvas, blended into the target's canvas inside Omega.
+            injection = inject(
+                images,
+                foreground,
+                storage,
+                part.source,
+                part.placement,
+                part.placed,
+                margin=config.margin,
+                mode=part.mixed if config.mode == "both" else config.mode,
+                use_poisson=config.use_poisson,
+                use_ils=config.use_ils,
+                grey_injection=config.grey_injection,
+                paste_weight=part.paste_weight,
+                rtol=config.rtol,
+                atol=config.atol,
+                max_iter=config.max_iter,
+                backend=config.backend,
+                rows=part.rows,
+            )
+            # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
+            masks = injection_mask(injection, config.threshold, config.median)
+            pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
+            won = injection.placed & (pixels >= config.min_mask_pixels)
+            if samples is None:
+                success = won
+            else:
+                success[samples] = won
+            canvases.append(_Canvases(injection, masks, samples))
+        return _Attempt.collect(draw.plan, draw.placement, canvases, success, mixed)
+
+
+# canvas sides (pattern plus padding) that split a CPU attempt into groups of similar size
+_GROUP_SIDES = (64, 128)
+
+
+def _size_groups(placed: torch.Tensor, placement: Placement, device: torch.device) -> list[torch.Tensor | None]:
+    """The placed samples ``(n,)`` in groups to inject together: None (all of them) when every sample is
+    placed and, on a GPU, all placed ones in one group (one launch per step beats smaller canvases); on
+    the CPU, groups by the longer pattern side, so that canvases are about as large as their patterns."""
+    if device.type != "cpu":
+        return [None] if bool(placed.all()) else [placed.nonzero()[:, 0]]
+    side = torch.maximum(placement.height, placement.width)
+    bucket = torch.bucketize(side, torch.tensor(_GROUP_SIDES, device=device))
+    bucket = torch.where(placed, bucket, -1)
+    values = bucket.unique().tolist()
+    if len(values) == 1 and values[0] >= 0:  # all placed, one size
+        return [None]
+    return [(bucket == value).nonzero()[:, 0] for value in values if value >= 0]
 
 
 def _place(inputs: tuple, part: torch.Tensor | None, avoid=None) -> Placement:

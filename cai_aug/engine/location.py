@@ -217,18 +217,19 @@ def _keep_clear(
         return centre, found
     index = meets.nonzero()[:, 0]
     device = foreground.device
-    plane = foreground[index, 0] & rows_ok[index, :, None] & cols_ok[index, None, :]
-    half_h, half_w = (height[index] // 2)[:, None], (width[index] // 2)[:, None]
-    top = torch.arange(plane.shape[1], device=device)[None, :] - half_h  # (n, H): the box's top per centre row
-    left = torch.arange(plane.shape[2], device=device)[None, :] - half_w
-    for other, on in zip(boxes[index].unbind(1), which[index].unbind(1)):
-        # a centre is too close when its box's rows and its columns both come within gap of the other's
-        near_rows = (top < (other[:, 0] + other[:, 2] + gap)[:, None]) & (
-            other[:, 0][:, None] < top + height[index][:, None] + gap
-        )
-        near_cols = (left < (other[:, 1] + other[:, 3] + gap)[:, None]) & (
-            other[:, 1][:, None] < left + width[index][:, None] + gap
-        )
-        plane &= ~(near_rows[:, :, None] & near_cols[:, None, :] & on[:, None, None])
+    height, width, boxes, which = height[index], width[index], boxes[index], which[index]
+    top = torch.arange(foreground.shape[-2], device=device)[None, :] - (height // 2)[:, None]  # box top per row
+    left = torch.arange(foreground.shape[-1], device=device)[None, :] - (width // 2)[:, None]
+    # a centre is too close when its box's rows and its columns both come within gap of another box's
+    near_rows = (top[:, None, :] < (boxes[..., 0] + boxes[..., 2] + gap)[..., None]) & (
+        boxes[..., 0][..., None] < (top + height[:, None] + gap)[:, None, :]
+    )  # (n, m, H)
+    near_cols = (left[:, None, :] < (boxes[..., 1] + boxes[..., 3] + gap)[..., None]) & (
+        boxes[..., 1][..., None] < (left + width[:, None] + gap)[:, None, :]
+    )  # (n, m, W)
+    near_rows &= which[..., None]
+    # the blocked centres, (n, H, W): the union of each box's (rows x cols), as one batched product
+    blocked = torch.bmm(near_rows.transpose(1, 2).float(), near_cols.float())
+    plane = foreground[index, 0] & rows_ok[index, :, None] & cols_ok[index, None, :] & (blocked == 0)
     redrawn, clear = pick_uniform(keys[index], plane)
     return centre.index_put((index,), redrawn), found.index_put((index,), clear)

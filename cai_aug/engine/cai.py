@@ -438,6 +438,11 @@ class CAI:
 
             if placed_so_far is None:
                 placement = _place(inputs, None)
+            elif rows[todo].unique().numel() == todo.numel():
+                # one draw per image (later rounds, mostly): no draw of this round can meet another
+                own = rows[todo]
+                placement = _place(inputs, None, (placed_so_far.boxes[own], placed_so_far.kept[own], placed_so_far.gap))
+                placed_so_far.add(own, slot_of[samples], placement.boxes(), (plan_.source >= 0) & placement.found)
             else:
                 placement = _Placements(keys.shape[0], keys.device)
                 sample_slot, sample_image = slot_of[samples], rows[todo]

@@ -183,7 +183,14 @@ def place_pattern(
         if shrinkable is not None:
             use_shrunk = use_shrunk & shrinkable
         shrunk_rows_ok, shrunk_cols_ok = centre_ranges(foreground.shape, shrunk_h, shrunk_w)
-        shrunk_counts = row_counts(foreground, shrunk_rows_ok, shrunk_cols_ok)
+        if foreground.device.type == "cpu":
+            # only the samples that shrink: a pass over (H, W) per sample is the cost of placing
+            index = use_shrunk.nonzero()[:, 0]
+            shrunk_counts = counts.clone()
+            if index.numel():
+                shrunk_counts[index] = row_counts(foreground[index], shrunk_rows_ok[index], shrunk_cols_ok[index])
+        else:  # no host sync on a GPU
+            shrunk_counts = row_counts(foreground, shrunk_rows_ok, shrunk_cols_ok)
         rows_ok = torch.where(use_shrunk[:, None], shrunk_rows_ok, rows_ok)
         cols_ok = torch.where(use_shrunk[:, None], shrunk_cols_ok, cols_ok)
         counts = torch.where(use_shrunk[:, None], shrunk_counts, counts)

@@ -131,3 +131,22 @@ def test_overlap_rule_gap_keeps_the_solved_regions_two_pixels_apart():
     grown = max(20 - int(rows[0]), int(rows[-1]) - 29, 20 - int(cols[0]), int(cols[-1]) - 29)
     assert grown == MARGIN // 2 + 1
     assert _Kept(1, 2, MARGIN, torch.device("cpu")).gap >= 2 * grown + 1
+
+
+def test_the_gpu_code_paths_give_the_cpu_result(demo_bank, monkeypatch):
+    """The batched gathers and scatters a GPU uses (crop, masked paste, one canvas group), run on the CPU."""
+    from cai_aug.engine import cai as engine
+    from cai_aug.engine import resample
+
+    images = demo_images(6, 128, seed=2)
+    keys = rng.sample_keys(0, list(range(images.shape[0])))
+    expected = CAI(demo_bank, seed=0)(images, keys=keys)
+    monkeypatch.setattr(resample, "_per_sample", lambda tensor: False)
+    monkeypatch.setattr(
+        engine,
+        "_size_groups",
+        lambda placed, placement, device: [None] if bool(placed.all()) else [placed.nonzero()[:, 0]],
+    )
+    got = CAI(demo_bank, seed=0)(images, keys=keys)
+    assert torch.equal(got.images, expected.images) and torch.equal(got.masks, expected.masks)
+    assert torch.equal(got.labels, expected.labels) and got.info == expected.info

@@ -1,18 +1,19 @@
 """The CAI engine: ``anomalies`` pseudo anomalies per input image, batched on any device.
 
 The ``k`` anomalies of an image are ``k`` samples of one batch (``k B`` samples for ``B`` images), each
-with its own key, all drawn, placed, solved and masked together. Overlap rule: later anomalies of an
-image avoid earlier ones (:class:`_Kept`): their regions never meet nor touch, so each solve sees only
-normal pixels around it and the result is that of injecting them one after the other.
+with its own key, all drawn, placed, solved and masked together. Overlap rule: later draws avoid
+earlier regions (:class:`_Kept`): a draw is placed clear of the image's other anomalies, so regions
+never meet nor touch, each solve sees only normal pixels around it, and the result is that of
+injecting them one after the other.
 
 Per sample (all steps batched, every random decision keyed per sample, see :mod:`cai_aug.engine.rng`):
 foreground -> plan (STM/MAS: synthesis type, source, R') -> place (ILS: centre, shrinking R' when
 nothing fits) -> inject (source resampled into a canvas, Omega = dilate(close(mask)), Poisson on the
 canvas, foreground filter) -> mask (difference mask). A sample whose attempt fails (no valid centre
-even after shrinking R', a region that leaves no known pixel, a nearly empty mask, or a region that
-meets an earlier anomaly's) is redrawn with the next attempt's keys; after ``max_attempts`` it is
-given up (an image none of whose anomalies succeeded is returned unchanged and labelled normal). A
-batch never fails because of one sample.
+even after shrinking R' or clear of the image's other anomalies, a region that leaves no known pixel,
+or a nearly empty mask) is redrawn with the next attempt's keys; after ``max_attempts`` it is given up
+(an image none of whose anomalies succeeded is returned unchanged and labelled normal). A batch never
+fails because of one sample.
 """
 
 from __future__ import annotations
@@ -273,8 +274,8 @@ class CAI:
         """Make pseudo anomalies: ``config.anomalies`` per image, all drawn and solved in one batched pass.
 
         The anomalies of an image have keys ``key`` (the first) and ``rng.derive(key, ANOTHER, slot)``;
-        a later one whose region would meet or touch an earlier one's is redrawn, so the regions of an
-        image stay apart and the result equals injecting them one after the other into the image.
+        a later draw that would come near an earlier one is moved clear of it (else redrawn), so the
+        regions of an image stay apart and the result equals injecting them one after the other.
         With several, ``info[i]`` holds the first one's decisions, its ``"label"`` says whether any was
         made, and ``info[i]["more"]`` the others' (each with its own ``"label"``).
 
@@ -358,7 +359,7 @@ class CAI:
             draw = self._draw(foreground, ratios, sample_keys, attempt, pending, rows, slot_of, plan, kept)
             result = self._inject_drawn(x, foreground, draw)
             if kept is not None:
-                kept.keep(image_of[pending], slot_of[pending], draw.placement.boxes(), result.success)
+                kept.add(image_of[pending], slot_of[pending], draw.placement.boxes(), result.success)
                 result.write_(out_images, out_masks, image_of[pending], slot_of[pending])
             else:
                 result.write_(out_images, out_masks, image_of[pending])
@@ -647,10 +648,6 @@ class _Kept:
         (image, slot) pairs are distinct, so the writes never race."""
         self.boxes[images, slot] = torch.where(which[:, None], boxes, self.boxes[images, slot])
         self.kept[images, slot] = self.kept[images, slot] | which
-
-    def keep(self, images: torch.Tensor, slot: torch.Tensor, boxes: torch.Tensor, success: torch.Tensor) -> None:
-        """Book the successful anomalies of a pass (placed clear of each other, see :class:`_Kept`)."""
-        self.add(images, slot, boxes, success)
 
 
 # What an attempt decided and measured per sample, copied into the record of the attempt kept.

@@ -24,6 +24,12 @@ and the augmenter alone, and reports the share the same way. anomalib imports na
 matches torch (the GPU machine); where PyPI's CUDA torchvision sits on a CPU torch, the two operator
 schemas of ``../shared/NOTES.md`` are defined first, only when torchvision's own ops are absent.
 
+``--engine-steps`` first profiles the engine itself in its default configuration (``CAI(bank)(images)``
+on ``--engine-batch`` demo images, one thread, ``--repeats`` calls after a warm-up): the share of each
+step in the call's time, from timers around the engine's own functions (foreground; STM/MAS matching;
+ILS placement; resampling the sources; the rest of the injection (canvases, Omega, foreground filter);
+the Poisson solve; the difference mask; writing canvases back; the rest, bookkeeping).
+
 ``--json PATH`` writes every figure; ``--budget-s`` stops starting new measurements after that many seconds.
 """
 
@@ -238,6 +244,83 @@ def measure_anomalib(device: torch.device, steps: int, batch: int, size: int, ba
     )
 
 
+# ------------------------------------------------------------------------------------------ engine steps
+
+# (label, module, attribute): the engine functions timed; nested ones are subtracted from their caller
+ENGINE_STEPS = (
+    ("foreground", "cai_aug.engine.cai", "CAI.estimate_foreground"),
+    ("matching (STM/MAS)", "cai_aug.engine.cai", "plan_synthesis"),
+    ("placement (ILS)", "cai_aug.engine.cai", "place_pattern"),
+    ("injection", "cai_aug.engine.cai", "inject"),
+    ("  resampling", "cai_aug.engine.injection", "render_patterns"),
+    ("  Poisson solve", "cai_aug.engine.injection", "poisson_blend_canvases"),
+    ("mask", "cai_aug.engine.cai", "injection_mask"),
+    ("write back", "cai_aug.engine.cai", "paste_"),
+)
+
+
+def engine_steps(device: torch.device, batch: int, size: int, bank, repeats: int) -> dict:
+    """Share of each engine step in a default ``CAI(bank)(images)`` call (see the module docstring)."""
+    import importlib
+
+    from cai_aug import CAI
+    from cai_aug.io.demo_data import demo_images
+
+    spent: dict[str, float] = {label: 0.0 for label, _, _ in ENGINE_STEPS}
+    patched = []
+
+    def timed(label: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            _sync(device)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _sync(device)
+                spent[label] += time.perf_counter() - t0
+
+        return wrapper
+
+    for label, module_name, attribute in ENGINE_STEPS:
+        owner = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+        setattr(owner, name, timed(label, original))
+        patched.append((owner, name, original))
+    try:
+        images = demo_images(batch, size=size).to(device)
+        cai = CAI(bank, seed=0, device=device)
+        cai(images)  # warm-up (compiled kernel, caches)
+        for key in spent:
+            spent[key] = 0.0
+        total = median_seconds(lambda: cai(images), device, repeats, 0) * repeats  # about the sum of the calls
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+    exclusive = dict(spent)
+    exclusive["injection"] -= spent["  resampling"] + spent["  Poisson solve"]
+    exclusive["other"] = max(total - sum(spent[k] for k in spent if not k.startswith("  ")), 0.0)
+    return dict(
+        batch=batch,
+        size=size,
+        anomalies=cai.config.anomalies,
+        ms_per_image=1e3 * total / repeats / batch,
+        share={k: v / total for k, v in exclusive.items()},
+    )
+
+
+def print_engine_steps(r: dict) -> None:
+    print(
+        f"engine steps, default configuration ({r['anomalies']} anomalies per image), batch {r['batch']}, "
+        f"{r['size']}x{r['size']}: {r['ms_per_image']:.2f} ms per image"
+    )
+    for label, share in r["share"].items():
+        print(f"  {label.strip() if not label.startswith('  ') else '- ' + label.strip():<24} {share:>6.1%}")
+    print()
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 
@@ -255,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anomalib-batch", type=int, default=8)
     parser.add_argument("--budget-s", type=float, default=None, help="start no new measurement after this")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--engine-steps", action="store_true", help="first, the share of each engine step")
+    parser.add_argument("--engine-only", action="store_true", help="only the engine steps, no training step")
+    parser.add_argument("--engine-batch", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -284,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+    if args.engine_steps or args.engine_only:
+        result["engine_steps"] = engine_steps(device, args.engine_batch, args.size, bank, args.repeats)
+        print_engine_steps(result["engine_steps"])
+        save()
+        if args.engine_only:
+            return 0
 
     print(f"{'batch':>5} {'augment ms':>11} {'step ms':>9} {'share':>7} {'aug img/s':>10} {'peak GiB':>9}")
     for batch in args.batches:

@@ -219,28 +219,118 @@ def bench_poisson(path: str, size: int, batch: int, repeats: int) -> dict:
 
 
 def bench_pipeline(path: str, size: int, batch: int, repeats: int, bank, foreground: str) -> dict:
+    """Pipeline images/s in the default configuration (``images``) and with one anomaly per image
+    (``images_one``); ``anomalies``: the default's anomalies per image."""
     import cai_aug
     from cai_aug.io.demo_data import demo_images
 
     device = torch.device("cpu" if path == "torch-cpu" else "cuda")
     backend = "cupy" if path == "cupy" else "torch"
-    cai = cai_aug.CAI(bank, anomalies=1, foreground=foreground, seed=0, device=device, backend=backend)
     images = demo_images(batch, size=size).to(device)
-    cai(images[: min(batch, 4)])
-    out = {}
+    result: dict = {}
+    for name, anomalies in (("images", None), ("images_one", 1)):
+        options = {} if anomalies is None else {"anomalies": anomalies}
+        cai = cai_aug.CAI(bank, foreground=foreground, seed=0, device=device, backend=backend, **options)
+        cai(images[: min(batch, 4)])
+        out = {}
 
-    def run() -> None:
-        out["r"] = cai(images)
+        def run(cai=cai, out=out) -> None:
+            out["r"] = cai(images)
 
-    seconds = _best(run, repeats, device)
-    result = dict(images=batch / seconds, labels=float(out["r"].labels.float().mean()))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        run()
-        _sync(device)
-        result["pipeline_peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / batch / 2**20
+        seconds = _best(run, repeats, device)
+        result[name] = batch / seconds
+        if anomalies is None:
+            result["anomalies"] = cai.config.anomalies
+            result["labels"] = float(out["r"].labels.float().mean())
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+                run()
+                _sync(device)
+                result["pipeline_peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / batch / 2**20
     return result
+
+
+def default_ratios(bank, size: int, batch: int, rounds: int, foreground: str) -> dict:
+    """The default configuration against ``cv2.seamlessClone`` in this process, one CPU thread: medians
+    over ``rounds`` interleaved rounds (module docstring). Times in seconds per image / per call."""
+    import statistics
+
+    import cv2
+
+    import cai_aug
+    from cai_aug.io.demo_data import demo_images
+
+    cv2.setNumThreads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        target, source, masks, centres = poisson_cases(batch, size)
+        cv_masks = [m.astype(np.uint8) * 255 for m in masks]
+
+        def opencv() -> None:
+            for i in range(batch):
+                # OpenCV 5 writes into the mask it is given: always a fresh copy
+                cv2.seamlessClone(source[i], target[i], cv_masks[i].copy(), centres[i], cv2.NORMAL_CLONE)
+
+        images = demo_images(batch, size=size)
+        default = cai_aug.CAI(bank, foreground=foreground, seed=0, device="cpu")
+        one = cai_aug.CAI(bank, foreground=foreground, seed=0, device="cpu", anomalies=1)
+        engines = {"default": default, "one": one}
+        for fn in (opencv, lambda: default(images), lambda: one(images)):
+            fn()  # warm-up: the compiled kernel, caches
+
+        def per_image(fn) -> float:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) / batch
+
+        samples: dict[str, list[float]] = {"opencv": [], "default": [], "one": []}
+        for _ in range(rounds):
+            first = per_image(opencv)
+            times = {name: per_image(lambda e=engine: e(images)) for name, engine in engines.items()}
+            samples["opencv"].append(min(first, per_image(opencv)))
+            for name, seconds in times.items():
+                samples[name].append(seconds)
+        k = default.config.anomalies
+        ratio = {
+            "image": [d / c for d, c in zip(samples["default"], samples["opencv"])],
+            "injection": [d / k / c for d, c in zip(samples["default"], samples["opencv"])],
+            "one": [o / c for o, c in zip(samples["one"], samples["opencv"])],
+        }
+        median = statistics.median
+        return dict(
+            size=size,
+            batch=batch,
+            rounds=rounds,
+            anomalies=k,
+            opencv_s=median(samples["opencv"]),
+            image_s=median(samples["default"]),
+            injection_s=median(samples["default"]) / k,
+            one_s=median(samples["one"]),
+            image_x_opencv=median(ratio["image"]),
+            injection_x_opencv=median(ratio["injection"]),
+            one_x_opencv=median(ratio["one"]),
+            image_x_paper=median(samples["default"]) / PAPER_SECONDS_PER_IMAGE,
+            injection_x_paper=median(samples["default"]) / k / PAPER_SECONDS_PER_IMAGE,
+            one_x_paper=median(samples["one"]) / PAPER_SECONDS_PER_IMAGE,
+            opencv_spread_s=(min(samples["opencv"]), max(samples["opencv"])),
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def print_default_ratios(r: dict) -> None:
+    print(
+        f"default configuration ({r['anomalies']} anomalies per image), {r['size']}x{r['size']}, batch {r['batch']}, "
+        f"one CPU thread, median of {r['rounds']} interleaved rounds; one seamlessClone = {1e3 * r['opencv_s']:.2f} ms "
+        f"(4:3:3 mix; {1e3 * r['opencv_spread_s'][0]:.2f} to {1e3 * r['opencv_spread_s'][1]:.2f} ms over the rounds)"
+    )
+    print(f"{'':<24} {'ms':>8} {'x seamlessClone':>16} {'x paper 19 ms':>14}")
+    lines = (("per image (default)", "image"), ("per injection", "injection"), ("one anomaly per image", "one"))
+    for label, key in lines:
+        print(f"{label:<24} {1e3 * r[key + '_s']:>8.2f} {r[key + '_x_opencv']:>16.2f} {r[key + '_x_paper']:>14.2f}")
+    print()
 
 
 def main() -> None:
@@ -259,6 +349,9 @@ def main() -> None:
     parser.add_argument("--no-floors", action="store_true", help="skip measuring the GPU's bandwidth and rate")
     parser.add_argument("--json", type=Path, default=None, help="write the rows and device figures here")
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("throughput.png"))
+    parser.add_argument("--ratio-size", type=int, default=256, help="image side of the default-vs-OpenCV timing")
+    parser.add_argument("--ratio-batch", type=int, default=8, help="images per round of that timing")
+    parser.add_argument("--ratio-rounds", type=int, default=7, help="interleaved rounds (0: skip it)")
     args = parser.parse_args()
     start = time.perf_counter()
     if args.quick:
@@ -288,9 +381,23 @@ def main() -> None:
             print(f"measuring the device's ceilings FAILED ({type(exc).__name__}: {exc}); no floors")
         torch.cuda.empty_cache()
     meta = dict(device=device_name, torch=torch.__version__, threads=args.threads, ceilings=ceilings, argv=sys.argv)
+    if (
+        bank is not None
+        and args.ratio_rounds > 0
+        and "torch-cpu" in args.paths
+        and "opencv" in args.paths
+        and not path_available("opencv")
+    ):
+        meta["default_vs_opencv"] = default_ratios(
+            bank, args.ratio_size, args.ratio_batch, args.ratio_rounds, args.foreground
+        )
+        print_default_ratios(meta["default_vs_opencv"])
+        if args.json:
+            write_json(args.json, meta, [], [])
     header = (
         f"{'path':<11} {'size':>5} {'batch':>5} {'poisson/s':>10} {'iters':>6} {'max resid':>10} "
-        f"{'MiB/img':>8} {'pipeline img/s':>15} {'pipe MiB/img':>12} {'floor us/img':>12} {'x floor':>8}"
+        f"{'MiB/img':>8} {'pipeline img/s':>15} {'1-anomaly img/s':>15} {'pipe MiB/img':>12} {'floor us/img':>12} "
+        f"{'x floor':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -341,6 +448,7 @@ def main() -> None:
 def format_row(row: dict) -> str:
     nan = float("nan")
     pipe = f"{row['images']:>15.1f}" if "images" in row else f"{'-':>15}"
+    pipe += f" {row['images_one']:>15.1f}" if "images_one" in row else f" {'-':>15}"
     floor_us = row.get("pipeline_floor_us", row.get("poisson_mem_floor_us"))
     gap = row.get("pipeline_floor_x", row.get("poisson_floor_x"))
     return (
@@ -362,29 +470,38 @@ def write_json(path: Path, meta: dict, rows: list[dict], skipped: list[dict]) ->
 
 
 def print_ratios(rows: list[dict]) -> None:
-    """Ratios measured in this run: Poisson solves against the OpenCV loop on the same cases (same size and
-    batch, else OpenCV's largest batch at that size), the full pipeline against the paper's 0.019 s per
-    pseudo-anomaly image, and the solve against Fast-Poisson-Image-Editing's 27 ms per 256x256 image
-    (an RTX 2080; its own figure, not measured here)."""
+    """Ratios measured in this run, as time multiples (below 1: faster): the default pipeline per image
+    and per injection (the image over its anomalies) and the one-anomaly pipeline per image, against one
+    ``seamlessClone`` call on the same size (OpenCV's row of the same batch, else its largest batch at that
+    size) and against the paper's 0.019 s per pseudo-anomaly image; also the Poisson solve's speed against
+    OpenCV's and the solve against Fast-Poisson-Image-Editing's 27 ms per 256x256 image (an RTX 2080; its
+    own figure, not measured here)."""
     opencv = {(r["size"], r["batch"]): r["solves"] for r in rows if r["path"] == "opencv"}
     opencv_size = {}
     for r in sorted((r for r in rows if r["path"] == "opencv"), key=lambda r: r["batch"]):
         opencv_size[r["size"]] = r["solves"]
+    nan = float("nan")
     print(
-        f"\n{'path':<11} {'size':>5} {'batch':>5} {'poisson / opencv':>17} {'s per image':>12} {'paper / ours':>13} "
-        f"{'FPIE / ours':>12}"
+        f"\n{'path':<11} {'size':>5} {'batch':>5} {'image ms':>9} {'x cv':>6} {'inject x cv':>12} {'1-anom x cv':>12} "
+        f"{'image x paper':>14} {'poisson speed / cv':>19} {'FPIE / ours':>12}"
     )
     for r in rows:
         if r["path"] == "opencv":
             continue
         cv = opencv.get((r["size"], r["batch"]), opencv_size.get(r["size"]))
-        versus = r["solves"] / cv if cv else float("nan")
-        seconds = 1.0 / r["images"] if r.get("images") else float("nan")
-        fpie = FPIE_SECONDS_256 * r["solves"] if r["size"] == 256 else float("nan")
-        r["ratio_opencv"], r["ratio_paper"], r["ratio_fpie"] = versus, PAPER_SECONDS_PER_IMAGE / seconds, fpie
+        cv_s = 1.0 / cv if cv else nan
+        image_s = 1.0 / r["images"] if r.get("images") else nan
+        one_s = 1.0 / r["images_one"] if r.get("images_one") else nan
+        k = r.get("anomalies", 1)
+        fpie = FPIE_SECONDS_256 * r["solves"] if r["size"] == 256 else nan
+        r["ratio_opencv"] = r["solves"] / cv if cv else nan
+        r["image_x_opencv"], r["injection_x_opencv"] = image_s / cv_s, image_s / k / cv_s
+        r["one_x_opencv"] = one_s / cv_s
+        r["image_x_paper"], r["ratio_fpie"] = image_s / PAPER_SECONDS_PER_IMAGE, fpie
         print(
-            f"{r['path']:<11} {r['size']:>5} {r['batch']:>5} {versus:>17.2f} {seconds:>12.4f} "
-            f"{PAPER_SECONDS_PER_IMAGE / seconds:>13.2f} {fpie:>12.1f}"
+            f"{r['path']:<11} {r['size']:>5} {r['batch']:>5} {1e3 * image_s:>9.2f} {r['image_x_opencv']:>6.2f} "
+            f"{r['injection_x_opencv']:>12.2f} {r['one_x_opencv']:>12.2f} {r['image_x_paper']:>14.2f} "
+            f"{r['ratio_opencv']:>19.2f} {fpie:>12.1f}"
         )
 
 
@@ -395,11 +512,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, ax, title in (("solves", axes[0], "Poisson solves / s"), ("images", axes[1], "pipeline images / s")):
+    panels = (("solves", axes[0], "Poisson solves / s"), ("images", axes[1], "pipeline images / s"))
+    for key, ax, title in panels:
         for (p, size), group in _groups(rows).items():
             pts = [(r["batch"], r[key]) for r in group if key in r]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{p} {size}px")
+                ax.plot(*zip(*pts), marker="o", label=f"{p} {size}px" + (" default" if key == "images" else ""))
+            one = [(r["batch"], r["images_one"]) for r in group if key == "images" and "images_one" in r]
+            if one:
+                ax.plot(*zip(*one), marker="x", linestyle="--", label=f"{p} {size}px 1 anomaly")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("batch size")

@@ -1,11 +1,19 @@
-"""The CAI engine: one pseudo anomaly per input image, batched on any device.
+"""The CAI engine: ``anomalies`` pseudo anomalies per input image, batched on any device.
+
+The ``k`` anomalies of an image are ``k`` samples of one batch (``k B`` samples for ``B`` images), each
+with its own key, all drawn, placed, solved and masked together. Overlap rule: later draws avoid
+earlier regions (:class:`_Kept`): a draw is placed clear of the image's other anomalies, so regions
+never meet nor touch, each solve sees only normal pixels around it, and the result is that of
+injecting them one after the other.
 
 Per sample (all steps batched, every random decision keyed per sample, see :mod:`cai_aug.engine.rng`):
 foreground -> plan (STM/MAS: synthesis type, source, R') -> place (ILS: centre, shrinking R' when
 nothing fits) -> inject (source resampled into a canvas, Omega = dilate(close(mask)), Poisson on the
 canvas, foreground filter) -> mask (difference mask). A sample whose attempt fails (no valid centre
-even after shrinking R', or a nearly empty mask) is redrawn with the next attempt's keys; after
-``max_attempts`` it is returned unchanged and labelled normal. A batch never fails because of one sample.
+even after shrinking R' or clear of the image's other anomalies, a region that leaves no known pixel,
+or a nearly empty mask) is redrawn with the next attempt's keys; after ``max_attempts`` it is given up
+(an image none of whose anomalies succeeded is returned unchanged and labelled normal). A batch never
+fails because of one sample.
 """
 
 from __future__ import annotations
@@ -61,15 +69,56 @@ class CAIResult:
 
 
 @dataclass
-class _Attempt:
-    """Outputs of one attempt for a subset of the batch (all tensors on the compute device).
-
-    ``injection`` and ``masks`` are canvases (:mod:`cai_aug.engine.injection`): only the samples that
-    succeed are written into the output images, never a full copy of the subset.
-    """
+class _Canvases:
+    """Injected canvases of some samples of an attempt: ``injection`` and ``masks`` (:mod:`cai_aug.engine.
+    injection`), and ``samples`` ``(m,)``, the attempt's sample of each canvas (None: canvas ``i`` is
+    sample ``i``, all of them)."""
 
     injection: Injection
     masks: torch.Tensor
+    samples: torch.Tensor | None = None
+
+    def write_(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        rows: torch.Tensor,
+        slot: torch.Tensor | None,
+        keep: torch.Tensor,
+    ) -> None:
+        """Paste the canvases of samples ``keep`` (``(n,)`` over the attempt) into ``images`` / ``masks``
+        ``(B, ., H, W)`` at ``rows`` (the image of each sample), in place.
+
+        ``slot``: ``(n,)`` the anomaly slot of each sample, when an image has several: then only each
+        canvas's region is written (the rest of its window may hold another anomaly of the image), one
+        slot at a time, so that one call never writes two windows of one image.
+        """
+        injection = self.injection
+        if self.samples is not None:
+            rows, keep = rows[self.samples], keep[self.samples]
+            slot = None if slot is None else slot[self.samples]
+        if slot is None and bool(keep.all()):  # the usual case: no subset copies of the canvases
+            paste_(images, injection.images, injection.origin_y, injection.origin_x, rows)
+            paste_(masks, self.masks, injection.origin_y, injection.origin_x, rows)
+            return
+        groups = [keep] if slot is None else [keep & (slot == value) for value in slot[keep].unique().tolist()]
+        for group in groups:
+            index = group.nonzero()[:, 0]
+            origin_y, origin_x = injection.origin_y[index], injection.origin_x[index]
+            where = None if slot is None else injection.region[index]
+            paste_(images, injection.images[index], origin_y, origin_x, rows[index], where=where)
+            paste_(masks, self.masks[index], origin_y, origin_x, rows[index], where=where)
+
+
+@dataclass
+class _Attempt:
+    """Outputs of one attempt for a subset of the batch (all tensors on the compute device).
+
+    ``canvases``: the injected canvases, in groups of similar size; only the samples that succeed are
+    written into the output images, never a full copy of the subset.
+    """
+
+    canvases: list[_Canvases]
     success: torch.Tensor
     source: torch.Tensor
     synthesis: torch.Tensor
@@ -77,6 +126,8 @@ class _Attempt:
     ratio_prime: torch.Tensor
     scale: torch.Tensor
     centre: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
     iterations: torch.Tensor
     residual: torch.Tensor
     mixed: torch.Tensor
@@ -87,15 +138,21 @@ class _Attempt:
         cls,
         plan: SynthesisPlan,
         placement: Placement,
-        injection: Injection,
-        masks: torch.Tensor,
+        canvases: list[_Canvases],
         success: torch.Tensor,
         mixed: torch.Tensor,
     ) -> _Attempt:
         """The attempt's canvases and its per-sample decisions."""
+        if len(canvases) == 1 and canvases[0].samples is None:
+            iterations, residual = canvases[0].injection.iterations, canvases[0].injection.residual
+        else:
+            iterations = torch.zeros(success.shape, dtype=torch.int64, device=success.device)
+            residual = torch.zeros(success.shape, dtype=torch.float32, device=success.device)
+            for group in canvases:
+                iterations[group.samples] = group.injection.iterations
+                residual[group.samples] = group.injection.residual
         return cls(
-            injection=injection,
-            masks=masks,
+            canvases=canvases,
             success=success,
             source=plan.source,
             synthesis=plan.synthesis,
@@ -103,29 +160,21 @@ class _Attempt:
             ratio_prime=placement.ratio_prime,
             scale=placement.scale,
             centre=placement.centre,
-            iterations=injection.iterations,
-            residual=injection.residual,
+            height=placement.height,
+            width=placement.width,
+            iterations=iterations,
+            residual=residual,
             mixed=mixed,
             fallback=plan.fallback & success,
         )
 
-    def write_(self, images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor) -> None:
-        """Paste the successful samples' canvases into ``images`` / ``masks`` ``(B, ., H, W)`` at ``rows``
-        (the batch rows of this attempt's samples), in place."""
-        keep = self.success
-        if bool(keep.all()):  # the usual case: no subset copies of the canvases
-            kept_images, kept_masks, origin_y, origin_x = (
-                self.injection.images,
-                self.masks,
-                self.injection.origin_y,
-                self.injection.origin_x,
-            )
-        else:
-            kept_images, kept_masks = self.injection.images[keep], self.masks[keep]
-            origin_y, origin_x = self.injection.origin_y[keep], self.injection.origin_x[keep]
-            rows = rows[keep]
-        paste_(images, kept_images, origin_y, origin_x, rows)
-        paste_(masks, kept_masks, origin_y, origin_x, rows)
+    def write_(
+        self, images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor | None = None
+    ) -> None:
+        """Paste the successful samples' canvases into ``images`` / ``masks`` at ``rows`` (the image of each
+        of this attempt's samples), in place (see :meth:`_Canvases.write_`)."""
+        for group in self.canvases:
+            group.write_(images, masks, rows, slot, self.success)
 
 
 class CAI:
@@ -222,8 +271,11 @@ class CAI:
         foregrounds: torch.Tensor | None = None,
         plan: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> CAIResult:
-        """Make pseudo anomalies: ``config.anomalies`` per image (one by default), one after the other.
+        """Make pseudo anomalies: ``config.anomalies`` per image, all drawn and solved in one batched pass.
 
+        The anomalies of an image have keys ``key`` (the first) and ``rng.derive(key, ANOTHER, slot)``;
+        a later draw that would come near an earlier one is moved clear of it (else redrawn), so the
+        regions of an image stay apart and the result equals injecting them one after the other.
         With several, ``info[i]`` holds the first one's decisions, its ``"label"`` says whether any was
         made, and ``info[i]["more"]`` the others' (each with its own ``"label"``).
 
@@ -251,18 +303,16 @@ class CAI:
         if not self.config.use_ils:
             foreground = torch.ones_like(foreground)
 
+        slots = self.config.anomalies
         out_images, out_masks, record = self._inject(x, foreground, keys, plan)
-        labels = record.success.clone()
-        info = record.to_info(self.bank)
-        # several anomalies per image: each one more injection into the result so far, with its own
-        # key; its mask is taken against its own input, the image's mask is the union
-        for slot in range(1, self.config.anomalies):
-            out_images, more_masks, more = self._inject(out_images, foreground, rng.derive(keys, ANOTHER, slot))
-            out_masks = torch.maximum(out_masks, more_masks)
-            labels |= more.success
-            for entry, extra in zip(info, more.to_info(self.bank)):
+        labels = record.success.reshape(slots, batch).any(dim=0)
+        entries = record.to_info(self.bank)
+        info = entries[:batch]
+        # several anomalies per image: info[i] holds the first one's decisions, "more" the others'
+        for slot in range(1, slots):
+            for entry, extra in zip(info, entries[slot * batch : (slot + 1) * batch]):
                 entry.setdefault("more", []).append(extra)
-        if self.config.anomalies > 1:
+        if slots > 1:
             for entry, label in zip(info, labels.tolist()):
                 entry["label"] = int(label)
         labels = labels.float()
@@ -280,22 +330,45 @@ class CAI:
         keys: torch.Tensor,
         plan: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, _Record]:
-        """One pseudo anomaly per image, redrawn up to ``max_attempts`` times: ``(images, masks, record)``."""
+        """``anomalies`` pseudo anomalies per image, each redrawn up to ``max_attempts`` times.
+
+        The ``k`` anomalies of ``B`` images are ``k B`` samples, slot-major (sample ``s B + b`` is anomaly
+        ``s`` of image ``b``), each with its own attempt count: a pass draws every pending sample (a draw
+        that finds no room moves on to its next attempt at once, :meth:`_draw`), then injects and masks
+        all the placed ones together; the failures go to the next pass. Returns ``(images, masks,
+        record)``, the record over the ``k B`` samples.
+        """
         batch, device = x.shape[0], x.device
+        slots, limit = self.config.anomalies, self.config.max_attempts
+        count = batch * slots
+        sample_keys = torch.cat([keys, *(rng.derive(keys, ANOTHER, slot) for slot in range(1, slots))])
+        image_of = torch.arange(batch, device=device).repeat(slots)
+        slot_of = torch.arange(slots, device=device).repeat_interleave(batch)
+        if plan is not None:  # the plan is the first anomaly's; the others are drawn
+            plan = (plan[0].to(device), plan[1].to(device))
+        ratios = size_ratios(self.bank.storage_on(device).source_sizes, foreground)  # (B, N), for every draw
         out_images, out_masks = x.clone(), torch.zeros_like(x[:, :1])
-        record = _Record(batch, device)
-        pending = torch.arange(batch, device=device)
-        for attempt in range(self.config.max_attempts):
-            attempt_keys = rng.derive(keys[pending], attempt)
-            forced = None if plan is None else (plan[0].to(device)[pending], plan[1].to(device)[pending])
-            # the first attempt runs on the whole batch: no copies of the images and foregrounds
-            subset = (x, foreground) if attempt == 0 else (x[pending], foreground[pending])
-            result = self._attempt(*subset, attempt_keys, forced)
-            result.write_(out_images, out_masks, pending)
-            record.update(pending, result, attempt + 1)
-            pending = pending[~result.success]
-            if pending.numel() == 0:
-                break
+        kept = _Kept(batch, slots, self.config.margin, device) if slots > 1 else None
+        record = _Record(count, device)
+        attempt = torch.zeros(count, dtype=torch.int64, device=device)
+        pending = torch.arange(count, device=device)
+        first_pass = True
+        while pending.numel() > 0:
+            # the first pass of a single anomaly per image is the whole batch: no per-sample copies
+            rows = None if first_pass and slots == 1 else image_of[pending]
+            draw = self._draw(foreground, ratios, sample_keys, attempt, pending, rows, slot_of, plan, kept)
+            result = self._inject_drawn(x, foreground, draw)
+            if kept is not None:
+                kept.add(image_of[pending], slot_of[pending], draw.placement.boxes(), result.success)
+                result.write_(out_images, out_masks, image_of[pending], slot_of[pending])
+            else:
+                result.write_(out_images, out_masks, image_of[pending])
+            tries = attempt[pending] + 1
+            record.update(pending, result, tries)
+            failed = ~result.success
+            attempt[pending[failed]] = tries[failed]
+            pending = pending[failed & (tries < limit)]
+            first_pass = False
         if record.fallback.any() and not self._warned_fallback:
             self._warned_fallback = True
             warn_fallback(int(record.fallback.sum()))
@@ -314,63 +387,278 @@ class CAI:
             raise ValueError(f"got {keys.shape[0]} keys for a batch of {batch}")
         return keys
 
-    # ------------------------------------------------------------------ one attempt
-    def _attempt(
+    # ------------------------------------------------------------------ one pass
+    def _draw(
         self,
-        images: torch.Tensor,
         foreground: torch.Tensor,
-        keys: torch.Tensor,
-        forced: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> _Attempt:
-        """One draw of Algorithm 1 for every sample: plan, place, inject, mask."""
+        ratios: torch.Tensor,
+        sample_keys: torch.Tensor,
+        attempt: torch.Tensor,
+        pending: torch.Tensor,
+        rows: torch.Tensor | None,
+        slot_of: torch.Tensor,
+        plan: tuple[torch.Tensor, torch.Tensor] | None,
+        kept: _Kept | None,
+    ) -> _Draw:
+        """STM/MAS and ILS for the samples ``pending (n,)`` (images ``rows``, None: sample ``i`` is image
+        ``i``), each at its attempt ``attempt[sample]``; a sample whose draw finds no room moves on to its
+        next attempt (``attempt`` is updated in place) until it is placed or out of attempts.
+
+        With several anomalies per image (``kept``), draws are placed in slot order and each keeps clear
+        of every box its image already has: kept in an earlier pass, or placed before it in this one.
+        """
+        config, batch = self.config, foreground.shape[0]
+        storage = self.bank.storage_on(foreground.device)
+        options = dict(use_stm=config.use_stm, decimals=config.ratio_decimals, allow_upscale=config.allow_upscale)
+        placed_so_far = None if kept is None else kept.copy()
+        draw: _Draw | None = None
+        todo = torch.arange(pending.shape[0], device=pending.device)  # positions in pending still to place
+        for _ in range(config.max_attempts):
+            samples = pending[todo]
+            keys = rng.fold(sample_keys[samples], attempt[samples])
+            images = todo if rows is None else rows[todo]
+            if rows is None and todo.shape[0] == batch:
+                images = None  # the whole batch, in order
+            plan_ = plan_synthesis(keys, ratios if images is None else ratios[images], config.quotas, **options)
+            shrinkable = None
+            if plan is not None:
+                which = samples < batch
+                index = samples.clamp(max=batch - 1)
+                fixed = plan_synthesis(
+                    keys, ratios if images is None else ratios[images], config.quotas,
+                    forced=(plan[0][index], plan[1][index]), **options,
+                )  # fmt: skip
+                plan_ = SynthesisPlan(*(torch.where(which, f, p) for f, p in zip(_fields(fixed), _fields(plan_))))
+                shrinkable = None if config.use_stm else which
+            shrink = config.use_stm or shrinkable is not None
+            sample_foreground = foreground if images is None else foreground[images]
+            bbox = storage.bbox[plan_.source.clamp(min=0)]  # -1 (no usable source) is never placed
+
+            inputs = (keys, sample_foreground, bbox, plan_.ratio, plan_.ratio_prime)
+            inputs += (plan_.synthesis if shrink else None, shrinkable)
+
+            if placed_so_far is None:
+                placement = _place(inputs, None)
+            elif rows[todo].unique().numel() == todo.numel():
+                # one draw per image (later rounds, mostly): no draw of this round can meet another
+                own = rows[todo]
+                placement = _place(inputs, None, (placed_so_far.boxes[own], placed_so_far.kept[own], placed_so_far.gap))
+                placed_so_far.add(own, slot_of[samples], placement.boxes(), (plan_.source >= 0) & placement.found)
+            else:
+                placement = _Placements(keys.shape[0], keys.device)
+                sample_slot, sample_image = slot_of[samples], rows[todo]
+                for value in range(placed_so_far.slots):  # lower slots first: later draws avoid them
+                    part = (sample_slot == value).nonzero()[:, 0]
+                    if part.numel() == 0:
+                        continue
+                    own = sample_image[part]
+                    got = _place(inputs, part, (placed_so_far.boxes[own], placed_so_far.kept[own], placed_so_far.gap))
+                    placement.set(part, got)
+                    won = (plan_.source[part] >= 0) & got.found
+                    placed_so_far.add(own, sample_slot[part], got.boxes(), won)
+                placement = placement.done()
+            placed = (plan_.source >= 0) & placement.found
+            step = _Draw(samples, images, keys, plan_, placement, placed)
+            draw = step if draw is None else draw.merge(todo, step)
+            # no room: the next attempt's draw, at once (nothing else of the sample has been done)
+            retry = ~placed & (attempt[samples] + 1 < config.max_attempts)
+            if not bool(retry.any()):
+                break
+            attempt[samples[retry]] += 1
+            todo = todo[retry]
+        assert draw is not None
+        return draw
+
+    def _inject_drawn(self, images: torch.Tensor, foreground: torch.Tensor, draw: _Draw) -> _Attempt:
+        """PE and the mask for the placed samples of a draw: their canvases and each sample's success."""
         config = self.config
         storage = self.bank.storage_on(images.device)
-        # STM/MAS: synthesis type, source and R' from the sources' sizes relative to the foreground.
-        plan = plan_synthesis(
-            keys,
-            size_ratios(storage.source_sizes, foreground),
-            config.quotas,
-            forced=forced,
-            use_stm=config.use_stm,
-            decimals=config.ratio_decimals,
-            allow_upscale=config.allow_upscale,
+        mixed = mixed_guidance(draw.keys, config.mode)
+        paste_weight = paste_weights(draw.keys, config.paste_weight)
+        # only the placed samples are injected (the others fail as they are); on the CPU in groups of
+        # similar pattern size, so that a small pattern's canvas is not as large as the batch's largest
+        success = torch.zeros_like(draw.placed)
+        canvases = []
+        for samples in _size_groups(draw.placed, draw.placement, images.device):
+            part = _Part(samples, draw.images, draw.plan.source.clamp(min=0), draw.placement, draw.placed, mixed,
+                         paste_weight)  # fmt: skip
+            # PE: the source resampled into a canvas, blended into the target's canvas inside Omega.
+            injection = inject(
+                images,
+                foreground,
+                storage,
+                part.source,
+                part.placement,
+                part.placed,
+                margin=config.margin,
+                mode=part.mixed if config.mode == "both" else config.mode,
+                use_poisson=config.use_poisson,
+                use_ils=config.use_ils,
+                grey_injection=config.grey_injection,
+                paste_weight=part.paste_weight,
+                rtol=config.rtol,
+                atol=config.atol,
+                max_iter=config.max_iter,
+                backend=config.backend,
+                rows=part.rows,
+            )
+            # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
+            masks = injection_mask(injection, config.threshold, config.median)
+            pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
+            won = injection.placed & (pixels >= config.min_mask_pixels)
+            if samples is None:
+                success = won
+            else:
+                success[samples] = won
+            canvases.append(_Canvases(injection, masks, samples))
+        return _Attempt.collect(draw.plan, draw.placement, canvases, success, mixed)
+
+
+# canvas sides (pattern plus padding) that split a CPU attempt into groups of similar size
+_GROUP_SIDES = (64, 128)
+
+
+def _size_groups(placed: torch.Tensor, placement: Placement, device: torch.device) -> list[torch.Tensor | None]:
+    """The placed samples ``(n,)`` in groups to inject together: None (all of them) when every sample is
+    placed and, on a GPU, all placed ones in one group (one launch per step beats smaller canvases); on
+    the CPU, groups by the longer pattern side, so that canvases are about as large as their patterns."""
+    if device.type != "cpu":
+        return [None] if bool(placed.all()) else [placed.nonzero()[:, 0]]
+    side = torch.maximum(placement.height, placement.width)
+    bucket = torch.bucketize(side, torch.tensor(_GROUP_SIDES, device=device))
+    bucket = torch.where(placed, bucket, -1)
+    values = bucket.unique().tolist()
+    if len(values) == 1 and values[0] >= 0:  # all placed, one size
+        return [None]
+    return [(bucket == value).nonzero()[:, 0] for value in values if value >= 0]
+
+
+def _place(inputs: tuple, part: torch.Tensor | None, avoid=None) -> Placement:
+    """:func:`place_pattern` of ``inputs`` (its per-sample arguments, None where unused) for the samples at
+    ``part`` (None: all)."""
+    chosen = [t if t is None or part is None else t[part] for t in inputs]
+    return place_pattern(*chosen, avoid)
+
+
+@dataclass
+class _Draw:
+    """What a pass drew for its samples (each at its own attempt): keys ``(n,)``, the plan, the placement
+    and which are placed; ``images``: the image of each (None: sample ``i`` is image ``i``)."""
+
+    samples: torch.Tensor
+    images: torch.Tensor | None
+    keys: torch.Tensor
+    plan: SynthesisPlan
+    placement: Placement
+    placed: torch.Tensor
+
+    def merge(self, positions: torch.Tensor, later: _Draw) -> _Draw:
+        """This draw with ``later`` (a redraw of the samples at ``positions``) written over it."""
+
+        def put(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            return mine.index_put((positions,), theirs)
+
+        plan = SynthesisPlan(*(put(m, t) for m, t in zip(_fields(self.plan), _fields(later.plan))))
+        p, q = self.placement, later.placement
+        placement = Placement(
+            *(put(m, t) for m, t in zip(
+                (p.centre, p.found, p.ratio_prime, p.scale, p.height, p.width),
+                (q.centre, q.found, q.ratio_prime, q.scale, q.height, q.width),
+            ))
+        )  # fmt: skip
+        keys, placed = put(self.keys, later.keys), put(self.placed, later.placed)
+        return _Draw(self.samples, self.images, keys, plan, placement, placed)
+
+
+class _Placements:
+    """A placement assembled from parts of a batch (one per anomaly slot)."""
+
+    def __init__(self, count: int, device: torch.device) -> None:
+        self.count, self.device, self.parts = count, device, []
+
+    def set(self, part: torch.Tensor, placement: Placement) -> None:
+        self.parts.append((part, placement))
+
+    def done(self) -> Placement:
+        names = ("centre", "found", "ratio_prime", "scale", "height", "width")
+        out = {}
+        for name in names:
+            first = getattr(self.parts[0][1], name)
+            full = first.new_zeros((self.count, *first.shape[1:]))
+            for part, placement in self.parts:
+                full[part] = getattr(placement, name)
+            out[name] = full
+        return Placement(**out)
+
+
+@dataclass
+class _Part:
+    """The samples of an attempt that are injected: all of them, or those at ``live`` (``(m,)`` int64)."""
+
+    live: torch.Tensor | None
+    rows: torch.Tensor | None
+    source: torch.Tensor
+    placement: Placement
+    placed: torch.Tensor
+    mixed: torch.Tensor
+    paste_weight: torch.Tensor | float
+
+    def __post_init__(self) -> None:
+        live = self.live
+        if live is None:
+            return
+        if self.rows is None:
+            self.rows = live
+        else:
+            self.rows = self.rows[live]
+        self.source, self.placed, self.mixed = self.source[live], self.placed[live], self.mixed[live]
+        if isinstance(self.paste_weight, torch.Tensor):
+            self.paste_weight = self.paste_weight[live]
+        p = self.placement
+        self.placement = Placement(
+            p.centre[live], p.found[live], p.ratio_prime[live], p.scale[live], p.height[live], p.width[live]
         )
-        source = plan.source.clamp(min=0)  # -1 (no usable source) reads source 0 and is never placed
-        # ILS: a centre on the foreground with the pattern inside the image (R' shrinks if none fits).
-        shrinkable = config.use_stm or forced is not None
-        placement = place_pattern(
-            keys, foreground, storage.bbox[source], plan.ratio, plan.ratio_prime, plan.synthesis if shrinkable else None
-        )
-        placed = (plan.source >= 0) & placement.found
-        # PE: the source resampled into a canvas, blended into the target's canvas inside Omega.
-        mixed = mixed_guidance(keys, config.mode)
-        injection = inject(
-            images,
-            foreground,
-            storage,
-            source,
-            placement,
-            placed,
-            margin=config.margin,
-            mode=mixed if config.mode == "both" else config.mode,
-            use_poisson=config.use_poisson,
-            use_ils=config.use_ils,
-            grey_injection=config.grey_injection,
-            paste_weight=paste_weights(keys, config.paste_weight),
-            rtol=config.rtol,
-            atol=config.atol,
-            max_iter=config.max_iter,
-            backend=config.backend,
-        )
-        # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
-        masks = injection_mask(injection, config.threshold, config.median)
-        pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
-        success = placed & (pixels >= config.min_mask_pixels)
-        return _Attempt.collect(plan, placement, injection, masks, success, mixed)
+
+
+class _Kept:
+    """The boxes of each image's anomalies (several per image): the overlap rule's book.
+
+    Later draws avoid earlier regions: a draw is placed only where its pattern bbox stays ``gap``
+    pixels from every box its image already has (kept in an earlier pass, or placed before it in this
+    pass: a lower slot, or any slot in an earlier round of the pass), see :meth:`CAI._draw`. Omega lies
+    within ``r = margin // 2 + 1`` of its bbox (:func:`cai_aug.engine.injection.blend_region`: the
+    closing of an even-sized square shifts by one pixel), so with ``gap = 2 r + 1`` two regions are at
+    least two pixels apart: neither touches the other nor its neighbours, and each solve sees only the
+    normal image around it.
+    """
+
+    def __init__(self, batch: int, slots: int, margin: int, device: torch.device) -> None:
+        self.gap = 2 * (max(margin, 0) // 2 + 1) + 1
+        self.slots = slots
+        self.boxes = torch.zeros(batch, slots, 4, dtype=torch.int64, device=device)
+        self.kept = torch.zeros(batch, slots, dtype=torch.bool, device=device)
+
+    def copy(self) -> _Kept:
+        twin = _Kept.__new__(_Kept)
+        twin.gap, twin.slots, twin.boxes, twin.kept = self.gap, self.slots, self.boxes.clone(), self.kept.clone()
+        return twin
+
+    def add(self, images: torch.Tensor, slot: torch.Tensor, boxes: torch.Tensor, which: torch.Tensor) -> None:
+        """Book ``boxes (n, 4)`` of anomalies ``slot (n,)`` of ``images (n,)`` where ``which (n,)``; the
+        (image, slot) pairs are distinct, so the writes never race."""
+        self.boxes[images, slot] = torch.where(which[:, None], boxes, self.boxes[images, slot])
+        self.kept[images, slot] = self.kept[images, slot] | which
 
 
 # What an attempt decided and measured per sample, copied into the record of the attempt kept.
-_DECISIONS = ("source", "synthesis", "ratio", "ratio_prime", "scale", "centre", "iterations", "residual", "mixed")
+_DECISIONS = (
+    "source", "synthesis", "ratio", "ratio_prime", "scale", "centre", "height", "width", "iterations", "residual",
+    "mixed",
+)  # fmt: skip
+
+
+def _fields(plan: SynthesisPlan) -> tuple[torch.Tensor, ...]:
+    return (plan.source, plan.synthesis, plan.ratio, plan.ratio_prime, plan.fallback)
 
 
 class _Record:
@@ -383,6 +671,8 @@ class _Record:
         self.ratio_prime = torch.zeros(batch, dtype=torch.float64, device=device)
         self.scale = torch.zeros(batch, dtype=torch.float64, device=device)
         self.centre = torch.zeros(batch, 2, dtype=torch.int64, device=device)
+        self.height = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.width = torch.zeros(batch, dtype=torch.int64, device=device)
         self.iterations = torch.zeros(batch, dtype=torch.int64, device=device)
         self.residual = torch.zeros(batch, dtype=torch.float32, device=device)
         self.mixed = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -390,7 +680,7 @@ class _Record:
         self.success = torch.zeros(batch, dtype=torch.bool, device=device)
         self.fallback = torch.zeros(batch, dtype=torch.bool, device=device)
 
-    def update(self, rows: torch.Tensor, result: _Attempt, attempt: int) -> None:
+    def update(self, rows: torch.Tensor, result: _Attempt, attempt: torch.Tensor) -> None:
         for name in _DECISIONS:
             getattr(self, name)[rows] = getattr(result, name)
         self.attempts[rows] = attempt
@@ -417,6 +707,7 @@ class _Record:
                     "R_prime": round(values["ratio_prime"][i], 6),
                     "scale": round(values["scale"][i], 6),
                     "location": values["centre"][i],
+                    "box": _box(values["centre"][i], values["height"][i], values["width"][i]),
                     "attempts": values["attempts"][i],
                     "poisson_iterations": values["iterations"][i],
                     "poisson_residual": values["residual"][i],
@@ -424,3 +715,8 @@ class _Record:
                 }
             )
         return info
+
+
+def _box(centre: list[int], height: int, width: int) -> list[int]:
+    """The resized pattern's bbox ``[top, left, height, width]`` in image pixels (:func:`pattern_boxes`)."""
+    return [centre[0] - height // 2, centre[1] - width // 2, height, width]

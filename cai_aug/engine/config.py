@@ -72,8 +72,9 @@ class CAIConfig:
     max_attempts : int
         Draws per sample before it is returned unchanged and labelled normal (>= 1).
     anomalies : int
-        Pseudo anomalies per image (>= 1), injected one after the other with their own keys; the
-        mask is their union (each one's difference mask taken against its own input).
+        Pseudo anomalies per image (>= 1), each with its own key, made together in one batched pass;
+        a later one keeps clear of the earlier ones' regions (redrawn where it would meet one), so the
+        result is that of injecting them one after the other; the mask is their union.
     use_poisson, use_stm, use_ils : bool
         Ablation switches: paste under the mask instead of Poisson editing; ``R'`` uniform in
         ``[0.1, 1]`` whatever the source's type; centre anywhere with the box inside the image.

@@ -37,7 +37,8 @@ class Injection:
     of the normal images; ``region``: ``(B, 1, Hc, Wc)`` bool, the solved region Omega (inside the
     image, empty for samples that were not placed); ``origin_y``, ``origin_x``: ``(B,)`` int64 image
     coordinates of each canvas's top-left pixel; ``iterations`` ``(B,)`` int64 and ``residual`` ``(B,)``
-    float32: Poisson solver statistics (0 without Poisson editing).
+    float32: Poisson solver statistics (0 without Poisson editing); ``placed``: ``(B,)`` bool, the samples
+    that were injected (placed, and with a solvable region: one that leaves at least one known pixel).
     """
 
     images: torch.Tensor
@@ -47,6 +48,7 @@ class Injection:
     origin_x: torch.Tensor
     iterations: torch.Tensor
     residual: torch.Tensor
+    placed: torch.Tensor
 
     def paste(self, images: torch.Tensor, canvases: torch.Tensor | None = None) -> torch.Tensor:
         """Copy of ``images (B, C, H, W)`` with ``canvases`` (default: the injected ones) written back."""
@@ -117,6 +119,7 @@ def inject(
     atol: float | None = None,
     max_iter: int = 200,
     backend: str = "auto",
+    rows: torch.Tensor | None = None,
 ) -> Injection:
     """PE: render each source into a canvas at its placement and blend it into the target there.
 
@@ -125,7 +128,8 @@ def inject(
         foreground: ``(B, 1, H, W)`` bool; the result keeps the target outside it (foreground filter)
             unless ``use_ils`` is False.
         storage: the bank's storage on the images' device.
-        source: ``(B,)`` int64 source indices (>= 0).
+        source: ``(N,)`` int64 source indices (>= 0), one per canvas; every other per-sample argument is
+            ``(N,)`` too.
         placement: centres and pattern sizes (:func:`cai_aug.engine.location.place_pattern`).
         placed: ``(B,)`` bool; samples without a placement get an empty region and stay unchanged.
         margin: Omega's closing and dilation size (:func:`blend_region`).
@@ -138,14 +142,18 @@ def inject(
             this far towards a plain paste of the source (0: Poisson editing alone; 1: the source's own
             pixels with the pattern's crisp edge, the solve still smoothing Omega's rim around it).
         rtol, atol, max_iter, backend: Poisson solver settings (:func:`cai_aug.poisson.poisson_blend_canvases`).
+        rows: ``(N,)`` int64, the image of each canvas (several anomalies of one image are several canvases
+            of it); None: canvas ``n`` is image ``n`` (N = B).
     Returns:
-        the :class:`Injection` (canvases of size ``max pattern + 2 (margin + 2)``; one host sync for it).
+        the :class:`Injection` (``N`` canvases of size ``max pattern + 2 (margin + 2)``; one host sync for it).
+        A region that covers every in-image pixel of its canvas (an image hardly larger than the pattern)
+        has no Dirichlet data: that sample is not injected (``placed`` False) and its attempt fails.
     """
     device = images.device
-    batch, channels = images.shape[:2]
+    batch, channels = source.shape[0], images.shape[1]
     pad = margin + 2
-    canvas_h = int(placement.height.max()) + 2 * pad
-    canvas_w = int(placement.width.max()) + 2 * pad
+    canvas_h = int(placement.height.max()) + 2 * pad if batch else 2 * pad  # no sample: empty canvases
+    canvas_w = int(placement.width.max()) + 2 * pad if batch else 2 * pad
     pattern_rgb, pattern_mask = render_patterns(
         storage, source, placement.height, placement.width, canvas_h, canvas_w, pad
     )
@@ -155,23 +163,29 @@ def inject(
         # a grey target given as 3 equal channels receives the source's luminance only: colour that a
         # grey camera never records would be a shortcut for the detector
         grey = grey_images(images)
+        grey = grey if rows is None else grey[rows.to(grey.device)]
         if bool(grey.any()):  # colour targets (the usual case) skip two passes over the canvases
             grey_rgb = luminance(pattern_rgb).expand(-1, 3, -1, -1)
             pattern_rgb = torch.where(grey[:, None, None, None], grey_rgb, pattern_rgb)
     origin_y = placement.centre[:, 0] - placement.height // 2 - pad
     origin_x = placement.centre[:, 1] - placement.width // 2 - pad
-    target, inside = crop(images, origin_y, origin_x, canvas_h, canvas_w)
+    target, inside = crop(images, origin_y, origin_x, canvas_h, canvas_w, rows)
     region = blend_region(pattern_mask, margin) & inside & placed[:, None, None, None]
+    if use_poisson:
+        # no known pixel left on the canvas: the Poisson system would be singular, the sample is redrawn
+        solvable = (inside & ~region).flatten(1).any(dim=1)
+        region = region & solvable[:, None, None, None]
+        placed = placed & solvable
 
     iterations = torch.zeros(batch, dtype=torch.int64, device=device)
     residual = torch.zeros(batch, dtype=torch.float32, device=device)
     if use_poisson:
-        solver = {"rtol": rtol, "atol": atol, "max_iter": max_iter, "backend": backend}
         if isinstance(mode, torch.Tensor):
-            blended, iterations, residual = _blend_per_sample_mode(target, pattern_rgb, region, inside, mode, solver)
-        else:
-            blended, stats = poisson_blend_canvases(target, pattern_rgb, region, inside, mode, **solver)
-            iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
+            mode = mode.to(device=device, dtype=torch.bool)
+        blended, stats = poisson_blend_canvases(
+            target, pattern_rgb, region, inside, mode, rtol=rtol, atol=atol, max_iter=max_iter, backend=backend
+        )
+        iterations, residual = stats.iterations.to(device), stats.residual.to(device).float()
         # in place: the solve is a new tensor (or, with nothing to solve, the target: already in [0, 1])
         blended = blended.clamp_(0, 1)
         if isinstance(paste_weight, torch.Tensor) or paste_weight > 0:
@@ -181,36 +195,8 @@ def inject(
     else:
         blended = torch.where(pattern_mask & inside, pattern_rgb, target)
     if use_ils:
-        blended = torch.where(crop(foreground, origin_y, origin_x, canvas_h, canvas_w)[0], blended, target)
-    return Injection(blended, target, region, origin_y, origin_x, iterations, residual)
-
-
-def _blend_per_sample_mode(
-    target: torch.Tensor,
-    source: torch.Tensor,
-    region: torch.Tensor,
-    inside: torch.Tensor,
-    mixed: torch.Tensor,
-    solver: dict,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Poisson blending with the guidance chosen per sample: ``mixed (B,)`` bool, True = mixed.
-
-    The solver takes one mode per call, so the normal and the mixed samples are solved as two
-    sub-batches; each sample's result equals its solve alone. Returns ``(blended, iterations, residual)``.
-    """
-    device = target.device
-    blended = target.clone()
-    iterations = torch.zeros(target.shape[0], dtype=torch.int64, device=device)
-    residual = torch.zeros(target.shape[0], dtype=torch.float32, device=device)
-    mixed = mixed.to(device=device, dtype=torch.bool)
-    for mode, rows in (("normal", (~mixed).nonzero()[:, 0]), ("mixed", mixed.nonzero()[:, 0])):
-        if rows.numel() == 0:
-            continue
-        out, stats = poisson_blend_canvases(target[rows], source[rows], region[rows], inside[rows], mode, **solver)
-        blended[rows] = out
-        iterations[rows] = stats.iterations.to(device)
-        residual[rows] = stats.residual.to(device).float()
-    return blended, iterations, residual
+        blended = torch.where(crop(foreground, origin_y, origin_x, canvas_h, canvas_w, rows)[0], blended, target)
+    return Injection(blended, target, region, origin_y, origin_x, iterations, residual, placed)
 
 
 def injection_mask(injection: Injection, threshold: float, median: int = 7) -> torch.Tensor:

@@ -106,6 +106,22 @@ def row_counts(foreground: torch.Tensor, rows_ok: torch.Tensor, cols_ok: torch.T
     return inside.long() * rows_ok
 
 
+def pattern_boxes(centre: torch.Tensor, height: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Boxes ``(..., 4)`` int64 ``(top, left, height, width)`` of patterns of ``height, width (...)``
+    centred at ``centre (..., 2)`` (the rule of this module: ``top = y - height // 2``)."""
+    return torch.stack([centre[..., 0] - height // 2, centre[..., 1] - width // 2, height, width], dim=-1)
+
+
+def boxes_meet(first: torch.Tensor, second: torch.Tensor, gap: int) -> torch.Tensor:
+    """Whether boxes ``(..., 4)`` ``(top, left, height, width)`` come closer than ``gap`` pixels
+    (broadcast over the leading dimensions): fewer than ``gap`` free rows or columns between them."""
+    top1, left1, height1, width1 = first.unbind(-1)
+    top2, left2, height2, width2 = second.unbind(-1)
+    rows = (top1 < top2 + height2 + gap) & (top2 < top1 + height1 + gap)
+    cols = (left1 < left2 + width2 + gap) & (left2 < left1 + width1 + gap)
+    return rows & cols
+
+
 @dataclass
 class Placement:
     """Where and how large each sample's pattern goes; every field is ``(B,)`` except ``centre``.
@@ -122,6 +138,10 @@ class Placement:
     height: torch.Tensor
     width: torch.Tensor
 
+    def boxes(self) -> torch.Tensor:
+        """The pattern bboxes ``(B, 4)`` ``(top, left, height, width)`` in image pixels."""
+        return pattern_boxes(self.centre, self.height, self.width)
+
 
 def place_pattern(
     keys: torch.Tensor,
@@ -130,6 +150,8 @@ def place_pattern(
     ratio: torch.Tensor,
     ratio_prime: torch.Tensor,
     synthesis: torch.Tensor | None = None,
+    shrinkable: torch.Tensor | None = None,
+    avoid: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> Placement:
     """ILS: a uniform valid centre for each resized pattern, shrinking ``R'`` when none fits.
 
@@ -140,6 +162,10 @@ def place_pattern(
         ratio, ratio_prime: ``(B,)`` float64 ``R`` and ``R'`` (the scale is ``R' / R``).
         synthesis: ``(B,)`` synthesis types; a sample whose pattern fits nowhere retries with ``R'`` at
             its type's lower bound. None: no retry (the "without STM" ablation has no type range).
+        shrinkable: ``(B,)`` bool, the samples that may retry so (default: all, given ``synthesis``).
+        avoid: ``(boxes (B, m, 4), which (B, m) bool, gap)``: boxes the pattern must stay ``gap`` pixels
+            from (:func:`boxes_meet`; other anomalies of the image). A centre drawn too close to one is
+            drawn again, with the same key, among the centres that keep clear of them all.
     Returns:
         the :class:`Placement`.
     """
@@ -154,8 +180,17 @@ def place_pattern(
         shrunk_scale = shrunk / ratio
         shrunk_h, shrunk_w = pattern_size(bbox, shrunk_scale)
         use_shrunk = counts.sum(dim=1) == 0
+        if shrinkable is not None:
+            use_shrunk = use_shrunk & shrinkable
         shrunk_rows_ok, shrunk_cols_ok = centre_ranges(foreground.shape, shrunk_h, shrunk_w)
-        shrunk_counts = row_counts(foreground, shrunk_rows_ok, shrunk_cols_ok)
+        if foreground.device.type == "cpu":
+            # only the samples that shrink: a pass over (H, W) per sample is the cost of placing
+            index = use_shrunk.nonzero()[:, 0]
+            shrunk_counts = counts.clone()
+            if index.numel():
+                shrunk_counts[index] = row_counts(foreground[index], shrunk_rows_ok[index], shrunk_cols_ok[index])
+        else:  # no host sync on a GPU
+            shrunk_counts = row_counts(foreground, shrunk_rows_ok, shrunk_cols_ok)
         rows_ok = torch.where(use_shrunk[:, None], shrunk_rows_ok, rows_ok)
         cols_ok = torch.where(use_shrunk[:, None], shrunk_cols_ok, cols_ok)
         counts = torch.where(use_shrunk[:, None], shrunk_counts, counts)
@@ -164,4 +199,44 @@ def place_pattern(
         height = torch.where(use_shrunk, shrunk_h, height)
         width = torch.where(use_shrunk, shrunk_w, width)
     centre, found = pick_in_ranges(keys, foreground, rows_ok, cols_ok, counts=counts)
+    if avoid is not None:
+        centre, found = _keep_clear(keys, foreground, rows_ok, cols_ok, height, width, centre, found, *avoid)
     return Placement(centre, found, ratio_prime, scale, height, width)
+
+
+def _keep_clear(
+    keys: torch.Tensor,
+    foreground: torch.Tensor,
+    rows_ok: torch.Tensor,
+    cols_ok: torch.Tensor,
+    height: torch.Tensor,
+    width: torch.Tensor,
+    centre: torch.Tensor,
+    found: torch.Tensor,
+    boxes: torch.Tensor,
+    which: torch.Tensor,
+    gap: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Redraw the centres whose pattern box comes closer than ``gap`` to one of ``boxes`` (``which``),
+    among the valid centres that keep clear of them all (``found`` False when there is none)."""
+    meets = (boxes_meet(pattern_boxes(centre, height, width)[:, None, :], boxes, gap) & which).any(dim=1) & found
+    if not bool(meets.any()):  # the usual case: the first draw is clear
+        return centre, found
+    index = meets.nonzero()[:, 0]
+    device = foreground.device
+    height, width, boxes, which = height[index], width[index], boxes[index], which[index]
+    top = torch.arange(foreground.shape[-2], device=device)[None, :] - (height // 2)[:, None]  # box top per row
+    left = torch.arange(foreground.shape[-1], device=device)[None, :] - (width // 2)[:, None]
+    # a centre is too close when its box's rows and its columns both come within gap of another box's
+    near_rows = (top[:, None, :] < (boxes[..., 0] + boxes[..., 2] + gap)[..., None]) & (
+        boxes[..., 0][..., None] < (top + height[:, None] + gap)[:, None, :]
+    )  # (n, m, H)
+    near_cols = (left[:, None, :] < (boxes[..., 1] + boxes[..., 3] + gap)[..., None]) & (
+        boxes[..., 1][..., None] < (left + width[:, None] + gap)[:, None, :]
+    )  # (n, m, W)
+    near_rows &= which[..., None]
+    # the blocked centres, (n, H, W): the union of each box's (rows x cols), as one batched product
+    blocked = torch.bmm(near_rows.transpose(1, 2).float(), near_cols.float())
+    plane = foreground[index, 0] & rows_ok[index, :, None] & cols_ok[index, None, :] & (blocked == 0)
+    redrawn, clear = pick_uniform(keys[index], plane)
+    return centre.index_put((index,), redrawn), found.index_put((index,), clear)

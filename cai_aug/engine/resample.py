@@ -156,39 +156,59 @@ def _per_sample(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
-def crop(images: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, canvas_h: int, canvas_w: int):
-    """Windows of ``(B, C, H, W)`` images at per-sample origins -> ``(B, C, Hc, Wc)`` and validity
-    ``(B, 1, Hc, Wc)`` bool (positions outside the image hold the nearest edge pixel)."""
+def crop(
+    images: torch.Tensor,
+    origin_y: torch.Tensor,
+    origin_x: torch.Tensor,
+    canvas_h: int,
+    canvas_w: int,
+    rows: torch.Tensor | None = None,
+):
+    """Windows of ``(B, C, H, W)`` images at per-sample origins ``(N,)`` -> ``(N, C, Hc, Wc)`` and validity
+    ``(N, 1, Hc, Wc)`` bool (positions outside the image hold the nearest edge pixel). Window ``n`` is cut
+    from image ``rows[n]`` (default: image ``n``), so several windows of one image need no copy of it."""
     if _per_sample(images):
-        windows = _crop_loop(images, origin_y, origin_x, canvas_h, canvas_w)
+        windows = _crop_loop(images, origin_y, origin_x, canvas_h, canvas_w, rows)
     else:
-        windows = _crop_gather(images, *_clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w))
+        windows = _crop_gather(images, *_clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w), rows)
     return windows, canvas_validity(images.shape, origin_y, origin_x, canvas_h, canvas_w)
 
 
-def _crop_gather(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``images[b, :, rows[b], :][..., cols[b]]`` for the batch at once: two gathers."""
-    batch, channels, _, width = images.shape
-    picked = images.gather(2, rows[:, None, :, None].expand(batch, channels, -1, width))
-    return picked.gather(3, cols[:, None, None, :].expand(batch, channels, rows.shape[1], -1))
+def _crop_gather(
+    images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, image_rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``images[image_rows[n], :, rows[n], :][..., cols[n]]`` for the batch at once."""
+    if image_rows is None:
+        batch, channels, _, width = images.shape
+        picked = images.gather(2, rows[:, None, :, None].expand(batch, channels, -1, width))
+        return picked.gather(3, cols[:, None, None, :].expand(batch, channels, rows.shape[1], -1))
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return images[image_rows[:, None, None, None], channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def _crop_loop(
-    images: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, canvas_h: int, canvas_w: int
+    images: torch.Tensor,
+    origin_y: torch.Tensor,
+    origin_x: torch.Tensor,
+    canvas_h: int,
+    canvas_w: int,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same windows as :func:`_crop_gather`, sample by sample: the part inside the image by one slice
     copy, the rest by repeating its edge rows and columns (the nearest pixel, as clamped indices give)."""
     height, width = images.shape[-2:]
-    out = images.new_empty(*images.shape[:2], canvas_h, canvas_w)
-    for n, (top, left) in enumerate(zip(origin_y.tolist(), origin_x.tolist())):
+    count = origin_y.shape[0]
+    sources = range(count) if rows is None else rows.tolist()
+    out = images.new_empty(count, images.shape[1], canvas_h, canvas_w)
+    for n, (image, top, left) in enumerate(zip(sources, origin_y.tolist(), origin_x.tolist())):
         y0, y1 = max(top, 0), min(top + canvas_h, height)
         x0, x1 = max(left, 0), min(left + canvas_w, width)
         if y0 >= y1 or x0 >= x1:  # the window misses the image
-            rows, cols = _clamped_windows(images.shape, origin_y[n : n + 1], origin_x[n : n + 1], canvas_h, canvas_w)
-            out[n : n + 1] = _crop_gather(images[n : n + 1], rows, cols)
+            lines, cols = _clamped_windows(images.shape, origin_y[n : n + 1], origin_x[n : n + 1], canvas_h, canvas_w)
+            out[n : n + 1] = _crop_gather(images[image : image + 1], lines, cols)
             continue
         window, c0, c1, d0, d1 = out[n], y0 - top, y1 - top, x0 - left, x1 - left
-        window[:, c0:c1, d0:d1] = images[n, :, y0:y1, x0:x1]
+        window[:, c0:c1, d0:d1] = images[image, :, y0:y1, x0:x1]
         window[:, :c0, d0:d1] = window[:, c0 : c0 + 1, d0:d1]
         window[:, c1:, d0:d1] = window[:, c1 - 1 : c1, d0:d1]
         window[:, :, :d0] = window[:, :, d0 : d0 + 1]
@@ -208,22 +228,30 @@ def paste_(
     origin_y: torch.Tensor,
     origin_x: torch.Tensor,
     rows: torch.Tensor | None = None,
+    where: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Write ``canvas (N, C, Hc, Wc)`` into ``images (B, C, H, W)`` in place at per-sample origins ``(N,)``,
     canvas ``n`` into image ``rows[n]`` (default: image ``n``); canvas pixels outside the image are
-    dropped. Returns ``images``."""
+    dropped. ``where``: ``(N, 1, Hc, Wc)`` bool, only these canvas pixels are written (the rest of the
+    window keeps the image's values). Windows written into one image may overlap only where ``where``
+    leaves them apart; on a GPU the rows of one call must then be distinct images. Returns ``images``."""
     if rows is None:
         rows = torch.arange(canvas.shape[0], device=canvas.device)
     canvas = canvas.to(images.dtype)
     if _per_sample(images):
-        _paste_loop(images, canvas, origin_y, origin_x, rows)
+        _paste_loop(images, canvas, origin_y, origin_x, rows, where)
     else:
-        _paste_index(images, canvas, origin_y, origin_x, rows)
+        _paste_index(images, canvas, origin_y, origin_x, rows, where)
     return images
 
 
 def _paste_loop(
-    images: torch.Tensor, canvas: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, rows: torch.Tensor
+    images: torch.Tensor,
+    canvas: torch.Tensor,
+    origin_y: torch.Tensor,
+    origin_x: torch.Tensor,
+    rows: torch.Tensor,
+    where: torch.Tensor | None = None,
 ) -> None:
     """:func:`paste_` by one slice copy per sample of the part of its canvas inside the image."""
     height, width = images.shape[-2:]
@@ -232,11 +260,21 @@ def _paste_loop(
         y0, y1 = max(top, 0), min(top + canvas_h, height)
         x0, x1 = max(left, 0), min(left + canvas_w, width)
         if y0 < y1 and x0 < x1:
-            images[row, :, y0:y1, x0:x1] = canvas[n, :, y0 - top : y1 - top, x0 - left : x1 - left]
+            window = images[row, :, y0:y1, x0:x1]
+            part = canvas[n, :, y0 - top : y1 - top, x0 - left : x1 - left]
+            if where is None:
+                window.copy_(part)
+            else:
+                window.copy_(torch.where(where[n, :, y0 - top : y1 - top, x0 - left : x1 - left], part, window))
 
 
 def _paste_index(
-    images: torch.Tensor, canvas: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, rows: torch.Tensor
+    images: torch.Tensor,
+    canvas: torch.Tensor,
+    origin_y: torch.Tensor,
+    origin_x: torch.Tensor,
+    rows: torch.Tensor,
+    where: torch.Tensor | None = None,
 ) -> None:
     """:func:`paste_` as one ``index_put_``, without a host sync.
 
@@ -254,5 +292,8 @@ def _paste_index(
     index = (rows[:, None, None, None], channel, image_rows[:, None, :, None], image_cols[:, None, None, :])
     values = canvas[sample, channel, local_rows, local_cols]
     misses = (origin_y <= -canvas_h) | (origin_y >= height) | (origin_x <= -canvas_w) | (origin_x >= width)
-    values = torch.where(misses[:, None, None, None], images[index], values)
+    keep = misses[:, None, None, None]
+    if where is not None:
+        keep = keep | ~where[sample, 0, local_rows, local_cols]
+    values = torch.where(keep, images[index], values)
     images.index_put_(index, values)

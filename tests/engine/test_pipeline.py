@@ -215,20 +215,3 @@ def test_paper_preset_is_one_argument_away(demo_bank):
         CAI(demo_bank, preset="papers", seed=0)
     with pytest.raises(ValueError, match="either config or preset"):
         CAI(demo_bank, CAIConfig(), preset="paper", seed=0)
-
-
-def test_several_anomalies_are_injections_in_a_row_with_the_union_as_mask(demo_bank, demo_targets):
-    from cai_aug.engine import rng
-    from cai_aug.engine.cai import ANOTHER
-
-    keys = rng.sample_keys(0, list(range(demo_targets.shape[0])))
-    three = CAI(demo_bank, seed=0, anomalies=3)(demo_targets, keys=keys)
-    one = CAI(demo_bank, seed=0, anomalies=1)
-    foreground = one.estimate_foreground(demo_targets)  # the object's, estimated once on the normal image
-    images, union = demo_targets, torch.zeros_like(demo_targets[:, :1])
-    for slot in range(3):
-        step = one(images, keys=keys if slot == 0 else rng.derive(keys, ANOTHER, slot), foregrounds=foreground)
-        images, union = step.images, torch.maximum(union, step.masks)
-    assert torch.equal(three.images, images) and torch.equal(three.masks, union)
-    assert all(len(info["more"]) == 2 for info in three.info)
-    assert torch.equal(three.labels, (three.masks.flatten(1).sum(1) > 0).float())

@@ -45,7 +45,8 @@ def test_image_gets_the_anomaly_and_mask_the_merged_mask(bank: Path, image: tv_t
     assert out["mask"].dtype == torch.uint8 and out["mask"].shape == (1, SIZE, SIZE)
     assert set(out["mask"].unique().tolist()) == {0, 1}
     changed = (out["image"] - image).abs().amax(0) > 1e-4
-    assert changed.any() and changed[out["mask"][0] == 0].float().mean() < 0.05  # the anomaly lies in its mask
+    # the anomalies lie in the mask (but for the sub-threshold rims of their solved regions, one per anomaly)
+    assert changed.any() and changed[out["mask"][0] == 0].float().mean() < 0.1
 
 
 def test_other_types_pass_through(bank: Path, image: tv_tensors.Image) -> None:

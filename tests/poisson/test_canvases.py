@@ -187,3 +187,22 @@ def test_random_canvas_equals_poisson_blend(cy, cx, r, pad_lo, pad_hi, mode) -> 
     ref = crop_back(poisson_blend(t, s, m, mode), [(oy, ox)], ch, cw)
     inside = ic.expand_as(out)
     assert torch.allclose(out[inside], ref[inside], atol=1e-6, rtol=0)
+
+
+def test_a_mode_per_canvas_equals_each_canvas_solved_in_its_mode() -> None:
+    masks = np.stack([disc(48, 48, 24, 24, r) for r in (6, 9, 12, 15)])
+    _, (t, s, m, inside) = canvas_problem(masks, [(4, 4), (5, 3), (3, 5), (4, 4)], 40, 40)
+    mixed = torch.tensor([True, False, False, True])
+    out, stats = poisson_blend_canvases(t, s, m, inside, mixed)
+    for mode in ("normal", "mixed"):
+        alone, alone_stats = poisson_blend_canvases(t, s, m, inside, mode)
+        rows = mixed if mode == "mixed" else ~mixed
+        assert torch.equal(out[rows], alone[rows])
+        assert torch.equal(stats.iterations[rows], alone_stats.iterations[rows])
+
+
+def test_a_mode_per_canvas_must_be_one_bool_per_canvas() -> None:
+    masks = np.stack([disc(48, 48, 24, 24, 8)] * 2)
+    _, (t, s, m, inside) = canvas_problem(masks, [(4, 4), (4, 4)], 40, 40)
+    with pytest.raises(ValueError, match="per-sample mode"):
+        poisson_blend_canvases(t, s, m, inside, torch.tensor([True, False, True]))

@@ -1,10 +1,17 @@
-"""MkDocs hook: the configuration page's option table is rendered from ``CAIConfig`` (one source)."""
+"""MkDocs hooks: the configuration page's option table is rendered from ``CAIConfig`` (one source), and the
+benchmark figures are published from where the benchmarks write them (``benchmarks/speed/*.png``,
+``benchmarks/detector/figures/*.png``) as ``images/benchmarks/<name>.png``, never copied by hand."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
+from mkdocs.structure.files import File, Files
 
 MARKER = "<!-- caiconfig-table -->"
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("benchmarks/speed/*.png", "benchmarks/detector/figures/*.png")
 
 
 def config_table() -> str:
@@ -22,6 +29,18 @@ def config_table() -> str:
         meaning = OPTION_HELP[field.name].replace("|", "\\|")
         rows.append(f"| `{field.name}` | `{default}` | {meaning} |")
     return "\n".join(rows)
+
+
+def benchmark_figures() -> list[Path]:
+    """The committed benchmark plots, sorted."""
+    return sorted(path for pattern in FIGURES for path in ROOT.glob(pattern))
+
+
+def on_files(files: Files, config) -> Files:
+    """Add every benchmark figure to the site as ``images/benchmarks/<name>``."""
+    for path in benchmark_figures():
+        files.append(File.generated(config, f"images/benchmarks/{path.name}", abs_src_path=str(path)))
+    return files
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs hook signature)

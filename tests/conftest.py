@@ -90,18 +90,21 @@ def demo_targets():
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def readme_blocks(section: str, language: str = "python") -> list[str]:
-    """The ``language`` code blocks of README section ``section`` (``<!-- section:NAME -->`` ...
-    ``<!-- /section:NAME -->``); a missing section or block fails the test (the README must show it)."""
+    """The ``language`` code blocks of section ``section`` (``<!-- section:NAME -->`` ...
+    ``<!-- /section:NAME -->``) of the README or a page of ``docs/``; a missing section or block fails the
+    test (the documentation must show it)."""
     import re
 
-    text = README.read_text(encoding="utf-8")
     start, end = f"<!-- section:{section} -->", f"<!-- /section:{section} -->"
-    assert start in text and end in text, f"README.md has no '{section}' section"
+    texts = [path.read_text(encoding="utf-8") for path in [README, *sorted(DOCS.rglob("*.md"))]]
+    text = next((text for text in texts if start in text and end in text), None)
+    assert text is not None, f"neither README.md nor docs/ has a '{section}' section"
     blocks = re.findall(rf"```{language}\n(.*?)```", text.split(start, 1)[1].split(end, 1)[0], flags=re.S)
-    assert blocks, f"README section '{section}' has no {language} code block"
+    assert blocks, f"section '{section}' has no {language} code block"
     return blocks
 
 

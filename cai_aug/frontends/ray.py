@@ -86,6 +86,8 @@ def _actor_cpus() -> float | None:
     try:
         import ray
 
+        if not ray.is_initialized():  # get_runtime_context() would start a local Ray instance
+            return None
         return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0)) or None
     except Exception:  # noqa: BLE001 - outside a Ray worker
         return None

@@ -136,8 +136,8 @@ def synthesize(
         slot += len(sources)
         keys = rng.sample_keys(cai.seed, [image_key] * len(slots), slots, round_index)
         plan = (torch.tensor(sources), torch.tensor(synthesis_types))
-        out = cai(
-            image.expand(len(slots), -1, -1, -1),
+        out = cai.run(
+            image.expand(len(slots), -1, -1, -1).contiguous(),
             keys=keys,
             foregrounds=foreground.expand(len(slots), -1, -1, -1),
             plan=plan,

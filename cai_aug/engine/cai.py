@@ -289,6 +289,35 @@ class CAI:
                 Algorithm 1 decides them (:func:`cai_aug.synthesize`); R' and the location are still drawn.
         """
         x, layout = as_float_batch(images)
+        result = self.run(x, keys, image_ids, foregrounds, plan)
+        return CAIResult(
+            images=restore_layout(result.images, layout),
+            masks=result.masks if layout.batched else result.masks[0],
+            labels=result.labels if layout.batched else result.labels[0],
+            info=result.info,
+        )
+
+    def run(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor | Sequence[int | str] | None = None,
+        image_ids: Sequence[str] | None = None,
+        foregrounds: torch.Tensor | None = None,
+        plan: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> CAIResult:
+        """:meth:`__call__` on a batch that its caller has already checked: no second validation pass.
+
+        Why: the check reads the whole batch (a device-to-host sync on a GPU); a front end checks its
+        input once, at the outermost layer, and hands the engine the result.
+
+        Args:
+            x: ``(B, C, H, W)`` float32 in [0, 1], as :func:`cai_aug.io.coerce.as_float_batch` returns it.
+            keys, image_ids, foregrounds, plan: as in :meth:`__call__`.
+
+        Returns:
+            a :class:`CAIResult` with ``(B, C, H, W)`` float32 images, ``(B, 1, H, W)`` masks and ``(B,)``
+            labels on ``x``'s device.
+        """
         batch = x.shape[0]
         output_device = x.device
         device = self.device or x.device
@@ -315,11 +344,10 @@ class CAI:
         if slots > 1:
             for entry, label in zip(info, labels.tolist()):
                 entry["label"] = int(label)
-        labels = labels.float()
         return CAIResult(
-            images=restore_layout(out_images.to(output_device), layout),
-            masks=out_masks.to(output_device) if layout.batched else out_masks[0].to(output_device),
-            labels=labels.to(output_device) if layout.batched else labels[0].to(output_device),
+            images=out_images.to(output_device),
+            masks=out_masks.to(output_device),
+            labels=labels.float().to(output_device),
             info=info,
         )
 

@@ -291,7 +291,7 @@ def inject(
     if chosen.any():
         index = chosen.nonzero()[:, 0].to(images.device)
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-            result = engine(images[index], keys=keys.cpu()[chosen], **engine_kwargs)
+            result = engine.run(images[index], keys=keys.cpu()[chosen], **engine_kwargs)
         out[index] = result.images.to(out.dtype)
         anomaly[index] = result.masks > 0.5
         labels[index] = result.labels.float()

@@ -275,6 +275,13 @@ def test_api_reference_documents_every_public_name(site: Path) -> None:
     assert not missing, f"the API reference lacks {missing}"
 
 
+def test_api_reference_shows_no_raw_sphinx_roles(site: Path) -> None:
+    html = "".join(path.read_text(encoding="utf-8") for path in (site / "api").rglob("*.html"))
+    raw = re.findall(r":(?:func|meth|class|mod|data|attr):<code>[^<]*</code>", html)
+    assert not raw, raw[:5]
+    assert "<code>poisson_blend</code>" in html  # a role in a docstring, rendered as code
+
+
 def _defined_at(value) -> str:
     return f"{value.__module__}.{value.__qualname__}"
 

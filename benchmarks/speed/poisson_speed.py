@@ -4,8 +4,8 @@ Usage::
 
     python benchmarks/speed/poisson_speed.py [--size 256] [--batch 10] [--repeats 3] [--plot PATH.png]
 
-Cases are irregular star-shaped patterns of about 26, 77 and 180 px (small, medium and large defects) and the
-paper's 4:3:3 mix (4 large, 3 medium, 3 small per 10 images). Each row times, on the same images and
+Cases are irregular star-shaped patterns of about 26, 77 and 180 px (small, medium and large defects)
+and the paper's 4:3:3 mix (4 large, 3 medium, 3 small per 10 images). Each row times, on the same images and
 masks and in the same run: ``cv2.seamlessClone`` on one thread in a Python loop, and ``poisson_blend``
 on the whole batch with 1 and with 2 torch threads (exact: ``rtol=1e-4``), and with 1 thread in the
 fast mode ``atol=1/255`` (largest error one grey level; ``fast err`` is its measured largest error

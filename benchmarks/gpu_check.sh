@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # the step_* functions run through `--step NAME` ("step_$STEP")
-# One-shot GPU check (issue 14, part 1): everything a GPU must show, in one run of at most 8 minutes.
+# One-shot GPU check: everything a GPU must show, in one run of at most 8 minutes.
 #
 # On the H100/H200 machine, from the repository root (no network there):
 #

@@ -1,9 +1,9 @@
 """Let PyPI's torchvision (a CUDA build) import next to a CPU torch, for the benchmarks only.
 
-Measured in ../shared/NOTES.md: its compiled ops do not load with the CPU torch, and ``import torchvision``
-dies registering fake kernels for ``torchvision::nms`` and ``qnms``; defining those two schemas first
-lets it import (detection ops stay unavailable; DRAEM and Perlin noise need none). The library never
-does this: a user's own CPU or CUDA torchvision imports normally.
+Measured on the development machines: its compiled ops do not load with the CPU torch, and ``import
+torchvision`` dies registering fake kernels for ``torchvision::nms`` and ``qnms``; defining those two
+schemas first lets it import (detection ops stay unavailable; DRAEM and Perlin noise need none). The
+library never does this: a user's own CPU or CUDA torchvision imports normally.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ _SCHEMAS: list[object] = []  # keeps the torch.library.Library alive
 
 
 def torchvision_recipe() -> str:
-    """Let a CUDA torchvision wheel import on a CPU torch (../shared/NOTES.md): only when its ops are absent."""
+    """Let a CUDA torchvision wheel import on a CPU torch: only when its ops are absent."""
     if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
         return "not needed"
     try:

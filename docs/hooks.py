@@ -1,10 +1,12 @@
 """MkDocs hooks: the configuration page's option table is rendered from ``CAIConfig`` (one source), and the
 benchmark figures are published from where the benchmarks write them (``benchmarks/speed/*.png``,
-``benchmarks/detector/figures/*.png``) as ``images/benchmarks/<name>.png``, never copied by hand."""
+``benchmarks/detector/figures/*.png``) as ``images/benchmarks/<name>.png``, never copied by hand; and the
+Sphinx roles some docstrings use (``:func:`x` ``) render as plain code, not as raw role text."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -12,6 +14,8 @@ from mkdocs.structure.files import File, Files
 MARKER = "<!-- caiconfig-table -->"
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("benchmarks/speed/*.png", "benchmarks/detector/figures/*.png")
+# A Sphinx role as the Markdown renderer leaves it: ":func:<code>~pkg.mod.name</code>".
+ROLE = re.compile(r":(?:py:)?(?:func|meth|class|mod|data|attr|obj|exc|const):<code>(~?)([^<]*)</code>")
 
 
 def config_table() -> str:
@@ -48,3 +52,14 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001
     if MARKER in markdown:
         return markdown.replace(MARKER, config_table())
     return markdown
+
+
+def _role_as_code(match: re.Match) -> str:
+    """``:func:`~a.b.c` `` -> ``<code>c</code>`` (the ``~`` keeps the last part, as Sphinx shows it)."""
+    tilde, name = match.groups()
+    return f"<code>{name.rsplit('.', 1)[-1] if tilde else name}</code>"
+
+
+def on_page_content(html: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs hook signature)
+    """Render the Sphinx roles left in docstrings as plain code."""
+    return ROLE.sub(_role_as_code, html)

@@ -4,14 +4,14 @@ Usage::
 
     python benchmarks/speed/poisson_speed.py [--size 256] [--batch 10] [--repeats 3] [--plot PATH.png]
 
-Cases are irregular star-shaped patterns of about 26, 77 and 180 px (the sizes of NOTES.md) and the
-paper's 4:3:3 mix (4 large, 3 medium, 3 small per 10 images). Each row times, on the same images and
+Cases are irregular star-shaped patterns of about 26, 77 and 180 px (small, medium and large defects)
+and the paper's 4:3:3 mix (4 large, 3 medium, 3 small per 10 images). Each row times, on the same images and
 masks and in the same run: ``cv2.seamlessClone`` on one thread in a Python loop, and ``poisson_blend``
 on the whole batch with 1 and with 2 torch threads (exact: ``rtol=1e-4``), and with 1 thread in the
 fast mode ``atol=1/255`` (largest error one grey level; ``fast err`` is its measured largest error
 against the exact solve, in grey levels). Times are the best of ``--repeats`` runs, per image.
 
-On the CPU ``poisson_blend`` runs the compiled solve of ``cai_aug/poisson/cpu_kernel.cpp`` when it
+On the CPU ``poisson_blend`` runs the compiled solve of ``kernels/cpu_kernel.cpp`` when it
 builds (``compiled: yes`` in the title); ``--torch-loop`` adds two columns with the torch CG loop it
 replaces (``loop1``: exact, ``loopf``: fast, 1 thread), timed in the same run.
 

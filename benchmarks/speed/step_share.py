@@ -1,4 +1,4 @@
-"""Share of the pseudo-anomaly augmentation in a DRAEM training step (issue 14: target < 5%).
+"""Share of the pseudo-anomaly augmentation in a DRAEM training step (target: < 5%).
 
 Usage::
 
@@ -22,7 +22,8 @@ Times are medians of ``--repeats`` runs after ``--warmup`` runs, the device sync
 ``CAIAnomalyGenerator`` as ``model.augmenter`` (anomalib's model, loss and optimiser settings), times them
 and the augmenter alone, and reports the share the same way. anomalib imports natively where torchvision
 matches torch (the GPU machine); where PyPI's CUDA torchvision sits on a CPU torch, the two operator
-schemas of ``../shared/NOTES.md`` are defined first, only when torchvision's own ops are absent.
+schemas its import needs (``torchvision::nms`` and ``qnms``, see ``benchmarks/torchvision_cpu.py``) are
+defined first, only when torchvision's own ops are absent.
 
 ``--engine-steps`` first profiles the engine itself in its default configuration (``CAI(bank)(images)``
 on ``--engine-batch`` demo images, one thread, ``--repeats`` calls after a warm-up): the share of each

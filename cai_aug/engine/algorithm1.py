@@ -1,8 +1,8 @@
 """The paper's offline mode: Algorithm 1 (multi-scale quotas) for one target image.
 
 Algorithm 1 as printed compares the counters the wrong way round; the rule used here is the intended
-one (SPEC step 3): given a drawn source, make the largest synthesis type it allows whose quota is not
-yet met (large, then medium, else small). Quotas that no source of the bank can fill are moved to the
+one (the paper's step 3): given a drawn source, make the largest synthesis type it allows whose quota is
+not yet met (large, then medium, else small). Quotas that no source of the bank can fill are moved to the
 next smaller type with one warning, so the loop always ends. A pseudo anomaly that fails (no valid
 location, nearly empty mask) gives its quota slot back and the slot is planned again.
 """

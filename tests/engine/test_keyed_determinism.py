@@ -1,4 +1,4 @@
-"""Randomness keyed per sample (issue 8): a pseudo anomaly depends on (seed, image key, anomaly index,
+"""Randomness keyed per sample: a pseudo anomaly depends on (seed, image key, anomaly index,
 epoch) only, never on its batch companions, its position, or what the engine processed before; online
 keys change with the epoch or the call counter."""
 

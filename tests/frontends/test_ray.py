@@ -285,7 +285,8 @@ def test_local_engine_killed_then_resumed(data, reference):
 
 
 def test_pool_resources_leave_room_for_ray_data_tasks():
-    # 2 CPUs, 2 actors: fractional CPUs so that the read task still gets one (NOTES: Scale-out)
+    # 2 CPUs, 2 actors: fractional CPUs so that Ray Data's read task still gets one (a pool of one-CPU actors
+    # that takes every core waits forever for it)
     workers, cpus, gpus = pool_resources(2, "cpu", {"CPU": 2.0})
     assert (workers, gpus) == (2, 0.0) and workers * cpus <= 1.5
     assert pool_resources(None, "cpu", {"CPU": 8.0})[0] == 8

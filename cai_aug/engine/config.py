@@ -44,7 +44,7 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 
 @dataclass(frozen=True)
 class CAIConfig:
-    """How the CAI engine makes pseudo anomalies (the paper's reference settings by default).
+    """How the CAI engine makes pseudo anomalies (the library's defaults; ``preset="paper"`` gives the paper's).
 
     Parameters
     ----------
@@ -247,7 +247,7 @@ OPTION_HELP: dict[str, str] = {
     "allow_upscale": "allow enlarging a source (r = R'/R > 1)",
     "ratio_decimals": "decimals of R' ('none': continuous)",
     "max_attempts": "draws per image before it is written as normal",
-    "anomalies": "pseudo anomalies injected into each image, one after the other (mask: their union)",
+    "anomalies": "pseudo anomalies per image, made in one batched pass and kept apart (mask: their union)",
     "use_poisson": "Poisson editing (--no-use-poisson pastes the pattern: the paper's ablation)",
     "use_stm": "source-target matching (--no-use-stm: R' uniform in [0.1, 1], the paper's ablation)",
     "use_ils": "injection location selection (--no-use-ils: anywhere, foreground ignored)",

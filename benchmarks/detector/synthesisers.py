@@ -376,6 +376,24 @@ class CAISynth(Synthesiser):
         return res.images.clamp(0, 1).to(images.device), masks.to(images.device)
 
 
+class LibraryCAI(CAISynth):
+    """``CAI(bank)`` with the library's defaults (the bank's ``exclude`` sources left out)."""
+
+    def __init__(
+        self,
+        bank_dir: str | Path,
+        exclude: Sequence[str] | None = None,
+        seed: int = 0,
+        device: str | None = None,
+        foreground: str = "auto",
+    ) -> None:
+        from cai_aug import CAI, AnomalyBank
+
+        self.name = "cai-default"
+        bank = AnomalyBank.from_folder(bank_dir, exclude=list(exclude) if exclude else None)
+        self.cai = CAI(bank, seed=seed, device=device, foreground=foreground)
+
+
 class CDMSynth(Synthesiser):
     """Pseudo anomalies of the CAI-guided diffusion mechanism (``cai_aug.cdm.CDMSampler``)."""
 

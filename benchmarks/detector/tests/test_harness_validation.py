@@ -1,0 +1,97 @@
+"""Pseudo-anomaly validation splits: hold-out, source split, selection, threshold and the reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.detector import cli
+from benchmarks.detector.report import read_csv
+from benchmarks.detector.toydata import make_bank, make_mvtec
+from benchmarks.detector.validation import f1_threshold, holdout, pixel_f1, selection_quality, spearman
+from cai_aug.frontends.validation import split_sources
+
+
+def test_holdout_depends_on_the_names_only():
+    keys = [f"train/good/{i:03d}.png" for i in range(20)]
+    held = holdout(keys, 0.2)
+    assert len(held) == 4
+    # the same images whatever the order they are listed in
+    assert {keys[i] for i in held} == {keys[::-1][i] for i in holdout(keys[::-1], 0.2)}
+    assert holdout(keys, 0) == []
+    assert len(holdout(keys[:3], 0.9)) == 1  # at least two normals stay for training
+
+
+def test_split_sources_keeps_the_fraction_and_both_sides():
+    counts = {"a": 10, "b": 10, "c": 10, "d": 70}
+    split = split_sources(counts, fraction=0.25)
+    assert sum(counts[s] for s in split.validation) <= 25 and split.validation and split.training
+    assert set(split.validation) | set(split.training) == set(counts)
+    assert not set(split.validation) & set(split.training)
+    # every source larger than the fraction: the smallest one validates
+    assert split_sources({"x": 50, "y": 60}, fraction=0.1).validation == ("x",)
+    assert split_sources(counts, validation=["d"]).training == ("a", "b", "c")
+    with pytest.raises(ValueError, match="not in the bank"):
+        split_sources(counts, validation=["zz"])
+    with pytest.raises(ValueError, match="two source"):
+        split_sources({"a": 3})
+
+
+def test_f1_threshold_hand_computed():
+    # scores 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): thresholds 0.9 -> F1 2/3, 0.7 -> F1 0.8
+    maps = [np.array([[0.9, 0.8], [0.7, 0.1]])]
+    masks = [np.array([[1, 0], [1, 0]], bool)]
+    thr, f1 = f1_threshold(maps, masks)
+    assert thr == pytest.approx(0.7) and f1 == pytest.approx(0.8)
+    assert pixel_f1(maps, masks, 0.9) == pytest.approx(2 / 3) and pixel_f1(maps, masks, 0.75) == pytest.approx(0.5)
+    assert np.isnan(f1_threshold(maps, [None])[0])
+
+
+def test_selection_quality_from_history():
+    history = [
+        {"epoch": 1, "low_pixel_ap": 10.0, "val_pixel_ap": 1.0},
+        {"epoch": 2, "low_pixel_ap": 30.0, "val_pixel_ap": 3.0},
+        {"epoch": 3, "low_pixel_ap": 20.0, "val_pixel_ap": 2.0},
+        {"epoch": 4, "low_pixel_ap": 25.0},  # not evaluated on this split
+    ]
+    q = selection_quality(history, "val", epoch=3)
+    assert q["sel_spearman"] == pytest.approx(1.0) and q["ap_lost"] == pytest.approx(10.0)
+    assert q["n_evaluated"] == 3
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0) and np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+@pytest.fixture(scope="module")
+def val_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("val")
+    data = make_mvtec(tmp / "toyset", n_train=10, n_good=3, n_defect=4, size=64)
+    bank = make_bank(tmp / "bank", per_class=6, prefix=("srca", "srcb", "srcc"))
+    out = tmp / "out"
+    argv = [
+        "--data", str(data), "--bank", str(bank), "--synth", "draem", "--preset", "crop", "--size", "64",
+        "--epochs", "3", "--width", "4", "--seeds", "0", "--val-sources", "srcb", "--out", str(out), "--quiet",
+        "--no-authenticity",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out, bank
+
+
+def test_every_epoch_selected_on_both_splits(val_run):
+    out, _ = val_run
+    rows = {r["kind"]: r for r in read_csv(out / "results.csv")}
+    assert list(rows) == ["val", "val-perlin", "last", "best"]
+    for kind in ("val", "val-perlin"):
+        r = rows[kind]
+        assert r["n_evaluated"] == "3" and 0 <= r["val_f1"] <= 100 and np.isfinite(r["val_threshold"])
+        assert r["ap_lost"] >= 0
+    md = (out / "results.md").read_text()
+    assert md.index("pixel AP, val-selected") < md.index("pixel AP, oracle") < md.index("last epoch**")
+    assert "validation sources srcb (4 entries)" in md
+
+
+def test_training_never_sees_the_validation_sources(val_run):
+    out, bank = val_run
+    args = cli.parse_args(["--data", str(out), "--bank", str(bank), "--synth", "draem", "--val-sources", "srcb"])
+    assert cli.training_exclude(args) == ["srcb"]
+    textures = cli.build_synthesiser("draem", args, 0).sources
+    assert textures and not any(p.stem.startswith("srcb_") for p in textures)
+    assert all(p.stem.startswith("srcb_") for p in cli.bank_textures(args, keep={"srcb"}))

@@ -16,6 +16,7 @@ SUBCOMMANDS = (
     "cai_aug.cli.demo",
     "cai_aug.cli.build_bank",
     "cai_aug.cli.cdm",
+    "cai_aug.cli.validation",
 )
 
 

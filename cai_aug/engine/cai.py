@@ -21,8 +21,9 @@ from cai_aug.engine import rng
 from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.config import MODES, CAIConfig, check_device
 from cai_aug.engine.foreground import ForegroundCache, resolve
-from cai_aug.engine.injection import Injection, inject, injection_mask, mixed_guidance, paste_weights
+from cai_aug.engine.injection import Injection, inject, mixed_guidance, paste_weights
 from cai_aug.engine.location import Placement, place_pattern
+from cai_aug.engine.masks import difference_mask
 from cai_aug.engine.matching import (
     TYPE_NAMES,
     SynthesisPlan,
@@ -363,7 +364,9 @@ class CAI:
             backend=config.backend,
         )
         # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
-        masks = injection_mask(injection, config.threshold, config.median)
+        masks = difference_mask(
+            injection.images, injection.target, injection.region, config.threshold, config.median, config.mask_rule
+        )
         pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
         success = placed & (pixels >= config.min_mask_pixels)
         return _Attempt.collect(plan, placement, injection, masks, success, mixed)

@@ -39,7 +39,7 @@ from .validation import KINDS, VAL_SEED, f1_threshold, holdout, pixel_f1, select
 BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem", "draem-anomalib")
 _CAI_RE = re.compile(
     r"^cai-(?P<mode>[nmb])(?P<paper>-paper)?(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:-x(?P<k>[1-9]))?"
-    r"(?:-p(?P<p>\d{1,3}))?(?:@(?P<q>\d+:\d+:\d+))?$"
+    r"(?:-p(?P<p>\d{1,3}))?(?:-mask-(?P<mask>maj|hys))?(?:@(?P<q>\d+:\d+:\d+))?$"
 )
 _MODE_LETTERS = {"n": "normal", "m": "mixed", "b": "both"}
 
@@ -48,7 +48,8 @@ def parse_cai_name(name: str) -> dict | None:
     """``cai-n``, ``cai-m``, ``cai-b`` (normal or mixed guidance per sample), ``-paper`` (the engine's paper
     preset: the source's colour on grey targets, exact Poisson solve), ablations ``-no-pe``/``-no-stm``/
     ``-no-ils`` (combinable), ``-x3`` (three anomalies per image, the engine's ``anomalies``),
-    ``-p50`` (``paste_weight=0.5``), quotas ``@6:2:2``."""
+    ``-p50`` (``paste_weight=0.5``), ``-mask-maj`` / ``-mask-hys`` (``mask_rule`` majority, the paper's, or
+    hysteresis; the engine's default otherwise), quotas ``@6:2:2``."""
     m = _CAI_RE.match(name)
     if not m:
         return None
@@ -65,6 +66,7 @@ def parse_cai_name(name: str) -> dict | None:
         "use_ils": "ils" not in abl,
         "anomalies": int(m["k"] or 1),
         "paste_weight": int(m["p"] or 0) / 100,
+        "mask_rule": {"maj": "majority", "hys": "hysteresis"}.get(m["mask"] or ""),
     }
 
 
@@ -193,7 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list: cai-n, cai-m, cai-b (normal or mixed per sample), cai-n-paper (the engine's paper "
         "preset), nsa-n, nsa-m, draem, draem-anomalib (anomalib's "
         "PerlinAnomalyGenerator), cutpaste, real-kfold, cdm, ablations cai-n-no-pe/-no-stm/-no-ils, quota "
-        "variants like cai-n@6:2:2, cai-n-x3 (3 anomalies per image), cai-n-p50 (paste_weight 0.5)",
+        "variants like cai-n@6:2:2, cai-n-x3 (3 anomalies per image), cai-n-p50 (paste_weight 0.5), cai-b-x3-mask-maj "
+        "(the paper's majority-filtered mask; -mask-hys: hysteresis)",
     )
     p.add_argument(
         "--preset",

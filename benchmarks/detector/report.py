@@ -470,12 +470,77 @@ def summary_headline(rows: Sequence[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def leave_one_domain_out(
+    rows: Sequence[dict], reference: str = "draem", kind: str = "val", col: str = "pixel_ap"
+) -> list[dict]:
+    """For each domain left out: the CAI candidate (a ``cai-*`` synthesiser run on every domain) with the
+    best mean ``col`` over the *other* domains (seed means, epoch ``kind``), its ``col`` on the left-out
+    domain, the reference's, and their paired per-seed differences there."""
+    domains = _domain_order(rows)
+    sub = [r for r in rows if r["kind"] == kind]
+    candidates = [
+        s
+        for s in _order(sub)
+        if s.startswith("cai-") and all(any(r["synth"] == s and r["domain"] == d for r in sub) for d in domains)
+    ]
+    out = []
+    if len(domains) < 2 or not candidates:
+        return out
+    for held in domains:
+        others = [d for d in domains if d != held]
+        scores = {c: float(np.mean([_seed_mean(sub, d, c, col) for d in others])) for c in candidates}
+        picked = max(candidates, key=lambda c: (np.nan_to_num(scores[c], nan=-np.inf), -candidates.index(c)))
+        ref = {str(r["seed"]): _num(r[col]) for r in sub if r["domain"] == held and r["synth"] == reference}
+        diffs = [
+            _num(r[col]) - ref[str(r["seed"])]
+            for r in sub
+            if r["domain"] == held and r["synth"] == picked and str(r["seed"]) in ref
+        ]
+        out.append(
+            {
+                "held_out": held,
+                "picked": picked,
+                "score_others": scores[picked],
+                "picked_value": _seed_mean(sub, held, picked, col),
+                "reference_value": _seed_mean(sub, held, reference, col),
+                "diffs": diffs,
+            }
+        )
+    return out
+
+
+def lodo_markdown(rows: Sequence[dict], reference: str = "draem", kind: str = "val") -> str:
+    """The leave-one-domain-out table of :func:`leave_one_domain_out` (empty without candidates)."""
+    table = leave_one_domain_out(rows, reference, kind)
+    if not table or not any(r["synth"] == reference for r in rows):
+        return ""
+    out = [
+        f"Leave one domain out ({KIND_LABEL[kind]}; pixel AP in %): the CAI candidate with the best mean AP on the "
+        f"other domains, judged on the one left out against {reference} (paired over seeds, 95% t interval); a "
+        "candidate default is kept only if it wins on every left-out domain\n",
+        f"| left out | picked on the others | its mean AP there | its AP on the left-out | {reference} AP | "
+        f"difference [95% CI] | beats {reference} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        m = t["picked_value"] - t["reference_value"]
+        out.append(
+            f"| {t['held_out']} | {t['picked']} | {t['score_others']:.1f} | {t['picked_value']:.1f} | "
+            f"{t['reference_value']:.1f} | {_ci_cell(t['diffs'])} | {'yes' if m > 0 else 'no'} |"
+        )
+    kept = all(t["picked_value"] > t["reference_value"] for t in table)
+    out.append(f"\nEvery left-out domain won: {'yes' if kept else 'no'}\n")
+    return "\n".join(out)
+
+
 def summary_markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
     """The headline (validation-selected) tables, then one table across domains per epoch kind: mean over
     domains and per-domain pixel AP (each a mean over seeds), mean PRO, pixel AUROC, image AUROC, the mean
     rank by pixel AP; then each synthesiser's paired difference to ``reference`` with 95 % t intervals
     over seeds."""
     out = [summary_headline(rows)]
+    if reference in _order(rows) and not reference.startswith("cai-"):
+        out.append(lodo_markdown(rows, reference, "val" if any(r["kind"] == "val" for r in rows) else "best"))
     domains = _domain_order(rows)
     synths = _order(rows)
     for kind in _kinds(rows):

@@ -95,3 +95,25 @@ def test_training_never_sees_the_validation_sources(val_run):
     textures = cli.build_synthesiser("draem", args, 0).sources
     assert textures and not any(p.stem.startswith("srcb_") for p in textures)
     assert all(p.stem.startswith("srcb_") for p in cli.bank_textures(args, keep={"srcb"}))
+
+
+def test_leave_one_domain_out_picks_on_the_other_domains():
+    from benchmarks.detector.report import leave_one_domain_out, lodo_markdown
+
+    # pixel AP per (domain, synth): cai-a is best on d1 and d2, cai-b on d3 only
+    ap = {
+        ("d1", "cai-a"): 50, ("d1", "cai-b"): 40, ("d1", "draem"): 45,
+        ("d2", "cai-a"): 30, ("d2", "cai-b"): 20, ("d2", "draem"): 35,
+        ("d3", "cai-a"): 10, ("d3", "cai-b"): 60, ("d3", "draem"): 5,
+    }  # fmt: skip
+    rows = [
+        {"domain": d, "synth": s, "seed": seed, "kind": "val", "pixel_ap": v + seed}
+        for (d, s), v in ap.items()
+        for seed in (0, 1)
+    ]
+    table = {t["held_out"]: t for t in leave_one_domain_out(rows, "draem")}
+    # d1 left out: on d2, d3 cai-a averages 20.5, cai-b 40.5 -> cai-b, which loses on d1 (40.5 vs 45.5)
+    assert table["d1"]["picked"] == "cai-b" and table["d1"]["diffs"] == [-5, -5]
+    # d3 left out: on d1, d2 cai-a averages 40.5, cai-b 30.5 -> cai-a, which beats draem on d3
+    assert table["d3"]["picked"] == "cai-a" and table["d3"]["diffs"] == [5, 5]
+    assert "Every left-out domain won: no" in lodo_markdown(rows, "draem")

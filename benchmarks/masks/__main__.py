@@ -58,6 +58,42 @@ def measure(cai: CAI, images: torch.Tensor, keys: list[str], seed: int, visible:
     }
 
 
+def figure(bank: AnomalyBank, domains: list[Path], path: Path, size: int, seed: int, per_domain: int = 2) -> None:
+    """Per image: the pseudo anomaly (majority rule), its change above 24/255 (white), and each rule's mask (grey,
+    white where the change is visible) with the visible change outside it in red (majority, the paper's; then
+    hysteresis; same seed: the same injection unless the rule makes another attempt succeed)."""
+    import cv2
+
+    tiles = []
+    rules = {r: CAI(bank, seed=seed, mask_rule=r) for r in ("majority", "hysteresis")}
+    for root in domains:
+        paths = list_images(root / "train" / "good")[:per_domain]
+        images = torch.stack([load(p, size) for p in paths])
+        keys = rng.sample_keys(seed, [p.relative_to(root).as_posix() for p in paths])
+        results = {r: cai(images, keys=keys) for r, cai in rules.items()}
+        for i in range(len(images)):
+            out = results["majority"].images[i]
+            seen = ((out - images[i]).abs().mean(0) > 24 / 255).numpy()
+            row = [
+                (out.permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+                np.stack([seen * 255] * 3, -1).astype(np.uint8),
+            ]
+            for r in rules:  # each against its own result: a rule can change which attempt succeeds
+                seen = ((results[r].images[i] - images[i]).abs().mean(0) > 24 / 255).numpy()
+                mask = results[r].masks[i, 0].numpy() > 0
+                tile = np.stack([mask * 90] * 3, -1).astype(np.uint8)  # the mask in grey
+                tile[seen & mask] = 255
+                tile[seen & ~mask] = (255, 0, 0)  # visible change outside the mask
+                row.append(tile)
+            tiles.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in row], 1))
+    sheet = np.concatenate(tiles, 0)
+    bar = np.full((22, sheet.shape[1], 3), 255, np.uint8)
+    text = "pseudo anomaly | change > 24/255 | mask majority (paper) | mask hysteresis; red: change outside"
+    cv2.putText(bar, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate([bar, sheet], 0), cv2.COLOR_RGB2BGR))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.masks", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", nargs="+", required=True, help="MVTec-layout domain folders")
@@ -70,10 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default=None, help="CAIConfig preset (default: the library's defaults)")
     p.add_argument("--option", action="append", default=[], help="CAI option name=value (repeatable)")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--figure", help="write a PNG comparing the majority and hysteresis masks (2 images per domain)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     options = {k: _value(v) for k, v in (o.split("=", 1) for o in args.option)}
-    cai = CAI(AnomalyBank.from_folder(args.bank), preset=args.preset, seed=args.seed, **options)
+    bank = AnomalyBank.from_folder(args.bank)
+    if args.figure:
+        figure(bank, [Path(d) for d in args.data], Path(args.figure), args.size, args.seed)
+    cai = CAI(bank, preset=args.preset, seed=args.seed, **options)
     rows = []
     print("| domain | images | anomalous | visible change outside the mask | mask pixels unchanged | mask % | s |")
     print("|---|---|---|---|---|---|---|")

@@ -232,6 +232,8 @@ def write_validation_set(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"output folder {out} exists and is not an empty folder")
     keys = list_normals(normal)
+    if cai is not None and (sources is not None or options):
+        raise ValueError("give either a configured cai or sources / CAI options, not both")
     if cai is None:
         if not isinstance(bank, AnomalyBank):
             exclude = None

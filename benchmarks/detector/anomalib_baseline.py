@@ -19,6 +19,7 @@ source with) is then replaced, in anomalib's perlin module only, by a PIL reader
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -64,11 +65,12 @@ def perlin_generator_class():
 class AnomalibPerlin(Synthesiser):
     name = "draem-anomalib"
 
-    def __init__(self, source_dir: str | Path, blend_factor=(0.2, 1.0)) -> None:
+    def __init__(self, sources: str | Path | Sequence[Path], blend_factor=(0.2, 1.0)) -> None:
+        """``sources``: an anomaly-source folder, or its image paths."""
         cls = perlin_generator_class()
-        sources = list_images(source_dir)
+        sources = list_images(sources) if isinstance(sources, (str, Path)) else [Path(p) for p in sources]
         if not sources:
-            raise ValueError(f"no anomaly-source images under {source_dir}")
+            raise ValueError("no anomaly-source images")
         # an empty folder first, so anomalib's own rglob collects nothing; then the images only
         self.gen = cls(anomaly_source_path=None, probability=1.0, blend_factor=blend_factor)
         self.gen.anomaly_source_paths = sources

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from cai_aug.engine import rng
+from cai_aug.frontends.validation import SourceSplit, bank_source_counts, source_of, split_sources
 
 from . import authenticity as auth
 from .data import (
@@ -31,13 +32,14 @@ from .data import (
 )
 from .metrics import compute_all
 from .report import COLUMNS, bar_plot, contact_sheet, map_sheet, markdown, read_csv, summary, write_csv
-from .synthesisers import DRAEM, NSA, CAISynth, CDMSynth, CutPaste, Synthesiser
+from .synthesisers import DRAEM, NSA, CAISynth, CDMSynth, CutPaste, LibraryCAI, Synthesiser
 from .train import DEFAULT_SEEDS, PRESETS, SELECTION, EvalSet, to_native, train_detector
+from .validation import KINDS, VAL_SEED, f1_threshold, holdout, pixel_f1, selection_quality
 
 BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem", "draem-anomalib")
 _CAI_RE = re.compile(
     r"^cai-(?P<mode>[nmb])(?P<paper>-paper)?(?P<abl>(?:-no-(?:pe|stm|ils))*)(?:-x(?P<k>[1-9]))?"
-    r"(?:-p(?P<p>\d{1,3}))?(?:@(?P<q>\d+:\d+:\d+))?$"
+    r"(?:-p(?P<p>\d{1,3}))?(?:-mask-(?P<mask>maj|hys))?(?:@(?P<q>\d+:\d+:\d+))?$"
 )
 _MODE_LETTERS = {"n": "normal", "m": "mixed", "b": "both"}
 
@@ -46,7 +48,8 @@ def parse_cai_name(name: str) -> dict | None:
     """``cai-n``, ``cai-m``, ``cai-b`` (normal or mixed guidance per sample), ``-paper`` (the engine's paper
     preset: the source's colour on grey targets, exact Poisson solve), ablations ``-no-pe``/``-no-stm``/
     ``-no-ils`` (combinable), ``-x3`` (three anomalies per image, the engine's ``anomalies``),
-    ``-p50`` (``paste_weight=0.5``), quotas ``@6:2:2``."""
+    ``-p50`` (``paste_weight=0.5``), ``-mask-maj`` / ``-mask-hys`` (``mask_rule`` majority, the paper's, or
+    hysteresis; the engine's default otherwise), quotas ``@6:2:2``."""
     m = _CAI_RE.match(name)
     if not m:
         return None
@@ -63,6 +66,7 @@ def parse_cai_name(name: str) -> dict | None:
         "use_ils": "ils" not in abl,
         "anomalies": int(m["k"] or 1),
         "paste_weight": int(m["p"] or 0) / 100,
+        "mask_rule": {"maj": "majority", "hys": "hysteresis"}.get(m["mask"] or ""),
     }
 
 
@@ -75,18 +79,48 @@ def needs_bank(args: argparse.Namespace) -> bool:
     return cai or (any(s in ("draem", "draem-anomalib") for s in args.synths) and not args.draem_source)
 
 
+def validation_split(args: argparse.Namespace) -> SourceSplit | None:
+    """The bank's split by source dataset (``--val-sources`` or automatic; the ``--bank-exclude`` sources
+    left out first), or None without a bank, without validation, or when the bank has one source only
+    (then validation and training share it, as the outputs say)."""
+    if not hasattr(args, "val_split"):
+        args.val_split = None
+        if args.bank and args.val_fraction > 0:
+            excluded = set(args.bank_exclude or [])
+            counts = {k: v for k, v in bank_source_counts(args.bank).items() if k not in excluded}
+            if len(counts) >= 2:
+                args.val_split = split_sources(counts, args.val_source_fraction, validation=args.val_sources)
+    return args.val_split
+
+
+def training_exclude(args: argparse.Namespace) -> list[str] | None:
+    """Sources no training synthesiser sees: ``--bank-exclude`` and the validation sources."""
+    split = validation_split(args)
+    out = list(args.bank_exclude or []) + list(split.validation if split else [])
+    return out or None
+
+
+def bank_textures(args: argparse.Namespace, keep: set[str] | None = None) -> list[Path]:
+    """The bank's images as a texture source: those of ``keep`` (source datasets), else all but
+    ``training_exclude``."""
+    images = list_images(Path(args.bank))
+    if keep is not None:
+        return [p for p in images if source_of(p.stem) in keep]
+    drop = set(training_exclude(args) or [])
+    return [p for p in images if source_of(p.stem) not in drop and p.stem not in drop]
+
+
 def build_synthesiser(name: str, args: argparse.Namespace, seed: int) -> Synthesiser:
     if name == "cutpaste":
         return CutPaste()
     if name in ("nsa-n", "nsa-m"):
         return NSA(mixed=name == "nsa-m")
     if name == "draem":
-        source = Path(args.draem_source or args.bank)
-        return DRAEM(list_images(source))
+        return DRAEM(list_images(Path(args.draem_source)) if args.draem_source else bank_textures(args))
     if name == "draem-anomalib":
         from .anomalib_baseline import AnomalibPerlin
 
-        return AnomalibPerlin(args.draem_source or args.bank)
+        return AnomalibPerlin(args.draem_source or bank_textures(args))
     if name == "cdm":
         return build_cdm(args, seed)
     spec = parse_cai_name(name)
@@ -96,7 +130,7 @@ def build_synthesiser(name: str, args: argparse.Namespace, seed: int) -> Synthes
         name,
         args.bank,
         classes=args.classes,
-        exclude=args.bank_exclude,
+        exclude=training_exclude(args),
         seed=seed,
         device=args.device,
         foreground=args.foreground,
@@ -161,7 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list: cai-n, cai-m, cai-b (normal or mixed per sample), cai-n-paper (the engine's paper "
         "preset), nsa-n, nsa-m, draem, draem-anomalib (anomalib's "
         "PerlinAnomalyGenerator), cutpaste, real-kfold, cdm, ablations cai-n-no-pe/-no-stm/-no-ils, quota "
-        "variants like cai-n@6:2:2, cai-n-x3 (3 anomalies per image), cai-n-p50 (paste_weight 0.5)",
+        "variants like cai-n@6:2:2, cai-n-x3 (3 anomalies per image), cai-n-p50 (paste_weight 0.5), cai-b-x3-mask-maj "
+        "(the paper's majority-filtered mask; -mask-hys: hysteresis)",
     )
     p.add_argument(
         "--preset",
@@ -190,6 +225,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="use a bank that holds the dataset under test")
     p.add_argument("--draem-source", help="anomaly-source image folder of DRAEM (default: the bank's images)")
     p.add_argument("--foreground", default="auto", help="CAI foreground mode")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the normal training images held out for the pseudo-anomaly validation splits "
+        "(0: none; needs --bank)",
+    )
+    p.add_argument(
+        "--val-sources",
+        help="comma list of the bank's source datasets (id prefixes) that make the validation anomalies; "
+        "training never sees them (default: chosen by a hash of their names, within --val-source-fraction)",
+    )
+    p.add_argument("--val-source-fraction", type=float, default=0.25, help="largest share of bank entries validating")
+    p.add_argument("--val-per-image", type=int, default=1, help="pseudo anomalies per held-out normal image")
     p.add_argument(
         "--fid-weights",
         help="local feature-extractor file for FID/KID (TorchScript or pickled "
@@ -226,6 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.classes = _csv_list(args.classes)
     args.bank_exclude = _csv_list(args.bank_exclude)
     args.dataset_names = _csv_list(args.dataset_name)
+    args.val_sources = _csv_list(args.val_sources)
     if args.seeds:
         args.seed_list = [int(s) for s in _csv_list(args.seeds)]
     elif args.seed is not None:
@@ -313,10 +363,17 @@ class Bench:
         # never above native (crop); every image of the domain is brought to the first one's
         self.shape = working_shape(image_size(self.data.train[0]), S) if self.preset.keep_aspect else (S, S)
         shape = self.shape
-        self.image_keys = [p.relative_to(self.data.root).as_posix() for p in self.data.train]
-        self.normals = torch.stack(
+        keys = [p.relative_to(self.data.root).as_posix() for p in self.data.train]
+        normals = torch.stack(
             [load_image(p, shape) for p in tqdm(self.data.train, desc="load train", disable=not self.progress)]
         )
+        # normals held out of training make the pseudo-anomaly validation splits (needs the bank)
+        held = holdout(keys, args.val_fraction) if args.bank and not getattr(args, "eval_only", None) else []
+        train = [i for i in range(len(keys)) if i not in set(held)]
+        self.image_keys = [keys[i] for i in train]
+        self.normals = normals[train]
+        self.val_keys = [keys[i] for i in held]
+        self.val_normals = normals[held]
         test = self.data.test
         images = torch.stack(
             [load_image(t.image, shape) for t in tqdm(test, desc="load test", disable=not self.progress)]
@@ -330,6 +387,75 @@ class Bench:
         self.real_crops = auth.crops([images[i] for i in self.anom_idx], [low[i] for i in self.anom_idx])
         self.rows: list[dict] = []
         self.fid_extractor = auth.load_feature_extractor(args.fid_weights) if args.fid_weights else None
+        self.valsets = self.make_valsets() if held else {}
+
+    # -- pseudo-anomaly validation splits ----------------------------------------------------------
+    def validation_text(self) -> str:
+        """Which validation split was used, in words (for the reports)."""
+        if not self.valsets:
+            return "no pseudo-anomaly validation (no --bank or --val-fraction 0): selection on the test set only"
+        split = validation_split(self.args)
+        how = (
+            split.describe()
+            if split
+            else "the bank has one source dataset: validation and training share it (not a source split)"
+        )
+        n = {k: sum(m is not None for m in v.masks_low) for k, v in self.valsets.items()}
+        return (
+            f"pseudo-anomaly validation: {len(self.val_keys)} of {len(self.val_keys) + len(self.image_keys)} normal "
+            f"training images held out (good) + {n.get('val', 0)} CAI (library defaults) and "
+            f"{n.get('val-perlin', 0)} DRAEM-Perlin pseudo anomalies on them; {how}"
+        )
+
+    def make_valsets(self) -> dict[str, EvalSet]:
+        """``val``: the library's CAI with the validation sources; ``val-perlin``: DRAEM's generator with
+        their images as textures. Each split: the held-out normals as good images plus
+        ``--val-per-image`` pseudo anomalies on each (a failed one counts as good)."""
+        split = validation_split(self.args)
+        if split:
+            cai_exclude = list(self.args.bank_exclude or []) + list(split.training)
+            textures = bank_textures(self.args, keep=set(split.validation))
+        else:
+            cai_exclude = self.args.bank_exclude
+            textures = bank_textures(self.args)
+        synths = {
+            "val": LibraryCAI(
+                self.args.bank,
+                exclude=cai_exclude,
+                seed=VAL_SEED,
+                device=self.args.device,
+                foreground=self.args.foreground,
+            ),
+            "val-perlin": DRAEM(textures),
+        }
+        out = {}
+        pairs = assignment(len(self.val_normals), self.args.val_per_image, None)
+        for name, synth in synths.items():
+            synth.prepare(self.val_normals, self.val_keys)
+            idx = [a for a, _ in pairs]
+            keys = rng.sample_keys(VAL_SEED, [self.val_keys[a] for a in idx], anomaly_index=[k for _, k in pairs])
+            imgs, msk = synth.generate(self.val_normals[idx].to(self.device), keys.to(self.device), ids=idx)
+            imgs, msk = imgs.detach().cpu().clamp(0, 1), msk.detach().cpu() > 0
+            images = torch.cat([self.val_normals, imgs])
+            masks = [None] * len(self.val_normals) + [m[0].numpy() if m.any() else None for m in msk]
+            self.out.joinpath("contact_sheets").mkdir(parents=True, exist_ok=True)
+            n = min(self.args.sheet, len(imgs))
+            contact_sheet(imgs[:n], msk[:n].float(), self.out / "contact_sheets" / f"validation_{name}.png", name)
+            out[name] = EvalSet(images, masks, masks, [tuple(images.shape[-2:])] * len(images))
+        (self.out / "validation.json").write_text(
+            json.dumps(
+                {
+                    "held_out": self.val_keys,
+                    "split": (
+                        {"validation": split.validation, "training": split.training, "counts": split.counts}
+                        if split
+                        else "shared"
+                    ),
+                },
+                indent=1,
+            )
+        )
+        return out
 
     # -- pseudo anomalies --------------------------------------------------------------------------
     def synthesise(self, synth: Synthesiser, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -443,6 +569,7 @@ class Bench:
             self.args.best_by,
             desc=f"{name} s{seed}",
             progress=self.progress,
+            valsets=self.valsets,
         )
         extra["train_s"] = res.train_s
         write_csv(res.history, folder / "history.csv", list(dict.fromkeys(k for r in res.history for k in r)))
@@ -459,21 +586,32 @@ class Bench:
             (sheets / f"{name}_maps.png").write_bytes((folder / "maps_sheet.png").read_bytes())
         dtype = np.dtype(self.args.map_dtype)
         items = list(range(len(self.data.test)))
-        for kind, maps, epoch in (
-            ("best", res.best_maps, res.best_epoch),
-            ("last", res.last_maps, res.last_epoch),
-        ):
+        kinds = [(k, res.selected[k].maps, res.selected[k].epoch) for k in KINDS if k in res.selected]
+        kinds += [("last", res.last_maps, res.last_epoch), ("best", res.best_maps, res.best_epoch)]
+        for kind, maps, epoch in kinds:
             native = to_native(maps, self.evalset.shapes, dtype)
             metrics = compute_all(native, self.evalset.masks)
             self.save_maps(
-                folder / ("maps" if kind == "best" else "maps_last"),
+                folder / {"best": "maps", "last": "maps_last"}.get(kind, f"maps_{kind}"),
                 native,
                 items,
                 {"synth": name, "seed": seed, "kind": kind, "epoch": epoch},
             )
-            self._row(name, seed, kind, epoch, metrics, extra)
+            sel = {}
+            if kind in res.selected:
+                s = res.selected[kind]
+                vs = self.valsets[kind]
+                thr, f1 = f1_threshold(list(s.val_maps), vs.masks_low)
+                sel = {
+                    "val_ap": s.score,
+                    "val_threshold": thr,
+                    "val_f1": 100 * f1,
+                    "test_f1": 100 * pixel_f1(native, self.evalset.masks, thr),
+                    **selection_quality(res.history, kind, epoch),
+                }
+            self._row(name, seed, kind, epoch, metrics, {**extra, **sel})
         wall = time.perf_counter() - t_job + s_per_img * len(x)
-        for r in self.rows[-2:]:
+        for r in self.rows[-len(kinds) :]:
             r["wall_s"] = wall
             r["cpu_s"] = time.process_time() - c_job  # all threads of this process: the quiet-machine cost
 
@@ -592,10 +730,11 @@ class Bench:
         header = (
             f"# UNet benchmark\n\ndata: `{self.data.root}` (working resolution {self.shape[0]}x{self.shape[1]}), "
             f"preset `{self.args.preset}` ({self.preset}), device `{self.args.device}`\n\n"
+            f"{self.validation_text()}\n\n"
         )
         (self.out / "results.md").write_text(header + md)
         if self.rows:
-            bar_plot(self.rows, self.out / "bars.png")
+            bar_plot(self.rows, self.out / "bars.png", "val" if any(r["kind"] == "val" for r in self.rows) else "best")
 
 
 # ------------------------------------------------------------------------------------------ eval-only
@@ -703,6 +842,7 @@ def _summary_header(args: argparse.Namespace, benches: list[Bench], wall: float)
         f"# UNet benchmark across {len(benches)} domains\n\npreset `{args.preset}` ({p}); working resolution: "
         f"{shapes}; device `{args.device}`, {args.threads} thread(s); wall time of this invocation so far "
         f"{wall / 60:.1f} min (runs taken over with --resume not counted)\n\n"
+        + "".join(f"{b.domain}: {b.validation_text()}\n\n" for b in benches)
     )
 
 

@@ -12,8 +12,22 @@ import cv2
 import numpy as np
 import torch
 
+from .validation import KINDS
+
 METRIC_COLS = ("pixel_auroc", "pixel_ap", "pro", "image_auroc")
 EXTRA_COLS = ("detectability", "seam_ratio", "fid", "kid", "synth_s_per_image", "train_s", "wall_s", "cpu_s")
+# on the rows of a validation-selected epoch: pseudo-validation AP and its F1-best threshold, pixel F1 on the
+# test set at that threshold, Spearman correlation of validation and test AP over the evaluated epochs, and
+# the test AP lost against the oracle epoch (both at the working resolution)
+SEL_COLS = ("val_ap", "val_threshold", "val_f1", "test_f1", "sel_spearman", "ap_lost")
+# row kinds in report order: selected on the CAI-made / the Perlin-made pseudo split, last epoch, oracle
+KIND_ORDER = ("val", "val-perlin", "last", "best")
+KIND_LABEL = {
+    "val": "selected on the pseudo-anomaly validation split (CAI-made)",
+    "val-perlin": "selected on the Perlin-made validation split",
+    "last": "last epoch",
+    "best": "best epoch on the test set by --best-by (oracle, the paper's protocol)",
+}
 HEAD = {
     "pixel_auroc": "pixel AUROC",
     "pixel_ap": "pixel AP",
@@ -40,6 +54,8 @@ COLUMNS = (
     "n_pseudo",
     "n_anomalous",
     *EXTRA_COLS,
+    *SEL_COLS,
+    "n_evaluated",
     "preset",
     "size",
     "epochs",
@@ -68,7 +84,7 @@ def read_csv(path: str | Path) -> list[dict]:
         rows = list(csv.DictReader(fh))
     for r in rows:
         for k, v in r.items():
-            if k in METRIC_COLS or k in EXTRA_COLS:
+            if k in METRIC_COLS or k in EXTRA_COLS or k in SEL_COLS:
                 r[k] = float(v) if v not in ("", None) else float("nan")
     return rows
 
@@ -131,18 +147,63 @@ def _order(rows: Sequence[dict]) -> list[str]:
     return seen
 
 
+def _kinds(rows: Sequence[dict]) -> list[str]:
+    present = {r["kind"] for r in rows}
+    return [k for k in KIND_ORDER if k in present]
+
+
+def headline(rows: Sequence[dict]) -> str:
+    """One domain: pixel AP, PRO and image AUROC at the epoch selected on the CAI-made validation split
+    first, then pixel AP at the Perlin-selected, the last and the oracle epoch, and the selection quality
+    (mean ± std over seeds)."""
+    if not any(r["kind"] == "val" for r in rows):
+        return ""
+    groups = [("val", c) for c in ("pixel_ap", "pro", "image_auroc", "test_f1")]
+    groups += [("val-perlin", "pixel_ap"), ("last", "pixel_ap"), ("best", "pixel_ap")]
+    groups += [("val", "sel_spearman"), ("val", "ap_lost"), ("val-perlin", "sel_spearman"), ("val-perlin", "ap_lost")]
+    name = {
+        ("val", "pixel_ap"): "**pixel AP, val-selected**",
+        ("val", "pro"): "PRO, val",
+        ("val", "image_auroc"): "image AUROC, val",
+        ("val", "test_f1"): "pixel F1 at val threshold",
+        ("val-perlin", "pixel_ap"): "pixel AP, Perlin-val-selected",
+        ("last", "pixel_ap"): "pixel AP, last epoch",
+        ("best", "pixel_ap"): "pixel AP, oracle",
+        ("val", "sel_spearman"): "ρ(val AP, test AP)",
+        ("val", "ap_lost"): "AP lost vs oracle",
+        ("val-perlin", "sel_spearman"): "ρ, Perlin val",
+        ("val-perlin", "ap_lost"): "AP lost, Perlin val",
+    }
+    out = [
+        "**Headline: chosen without the test set** (metrics in %, mean ± std over seeds; ρ: Spearman rank "
+        "correlation of pseudo-validation and test pixel AP over the evaluated epochs; AP lost: the best test AP "
+        "of any epoch − the selected epoch's, at the working resolution; oracle: the best epoch on the test set "
+        "by --best-by, by default the mean of pixel AUROC, AP and PRO, so its AP can be below the selected one's)\n",
+        "| synthesiser | " + " | ".join(name[g] for g in groups) + " |",
+        "|---" * (len(groups) + 1) + "|",
+    ]
+    for s in _order(rows):
+        if s in UPPER_BOUND:
+            continue
+        cells = []
+        for kind, col in groups:
+            vals = [r.get(col) for r in rows if r["synth"] == s and r["kind"] == kind]
+            cells.append(_cell(vals, 2 if col == "sel_spearman" else 1))
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
-    """Tables for the best and the last epoch (mean ± sample std over seeds), the real-defect upper
-    bound apart, and each synthesiser's paired difference to ``reference`` over seeds."""
-    out = []
+    """The headline (validation-selected) table, then a table per epoch kind (validation-selected, last,
+    oracle; mean ± sample std over seeds), the real-defect upper bound apart, and each synthesiser's
+    paired difference to ``reference`` over seeds."""
+    out = [headline(rows)]
     synths = _order(rows)
     seeds = sorted({str(r["seed"]) for r in rows})
     present_extra = [c for c in EXTRA_COLS if any(np.isfinite(_num(r.get(c))) for r in rows)]
-    for kind in ("best", "last"):
+    for kind in _kinds(rows):
         sub = [r for r in rows if r["kind"] == kind]
-        if not sub:
-            continue
-        out.append(f"**{kind} epoch** (seeds {', '.join(seeds)}; metrics in %, mean ± std over seeds)\n")
+        out.append(f"**{KIND_LABEL[kind]}** (seeds {', '.join(seeds)}; metrics in %, mean ± std over seeds)\n")
         cols = [*METRIC_COLS, *present_extra]
         out.append("| synthesiser | epoch | " + " | ".join(HEAD[c] for c in cols) + " |")
         out.append("|---" * (len(cols) + 2) + "|")
@@ -167,7 +228,7 @@ def markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
         ref = {str(r["seed"]): r for r in sub if r["synth"] == reference}
         if ref and len(synths) > 1:
             out.append(
-                f"Paired difference to {reference} ({kind} epoch; baseline − {reference}, per seed, then "
+                f"Paired difference to {reference} ({KIND_LABEL[kind]}; baseline − {reference}, per seed, then "
                 "mean [95% t interval over seeds: mean ± t(0.975, n−1)·s/√n]; negative = worse than "
                 + reference
                 + "; * = interval excludes 0):\n"
@@ -212,7 +273,7 @@ def bar_plot(rows: Sequence[dict], path: str | Path, kind: str = "best") -> None
     ax.set_xticks(x, synths, rotation=20)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
-    ax.set_title(f"UNet benchmark ({kind} epoch)")
+    ax.set_title(f"UNet benchmark ({KIND_LABEL[kind]})", fontsize=9)
     ax.legend(fontsize=8, ncol=4, loc="lower center")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -351,21 +412,149 @@ def domain_mean_diffs(rows: Sequence[dict], synth: str, reference: str, col: str
     return out
 
 
-def summary_markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
-    """One table across domains per epoch kind: mean over domains and per-domain pixel AP (each a mean
-    over seeds), mean PRO, pixel AUROC, image AUROC, the mean rank by pixel AP; then each synthesiser's
-    paired difference to ``reference`` with 95 % t intervals over seeds."""
+def _domain_mean(rows: Sequence[dict], domains: list[str], synth: str, kind: str, col: str) -> float:
+    """Mean over domains of the seed means (nan unless every domain has a finite one)."""
+    vals = [_seed_mean([r for r in rows if r["kind"] == kind], d, synth, col) for d in domains]
+    return float(np.mean(vals)) if all(np.isfinite(v) for v in vals) else float("nan")
+
+
+def summary_headline(rows: Sequence[dict]) -> str:
+    """Across domains: pixel AP at the epoch selected on the CAI-made validation split (mean over domains
+    and per domain) first, then at the Perlin-selected, last and oracle epochs, and the selection
+    quality (Spearman ρ of validation and test AP, AP lost against the oracle) per domain."""
+    if not any(r["kind"] == "val" for r in rows):
+        return ""
+    domains = _domain_order(rows)
+    synths = [s for s in _order(rows) if s not in UPPER_BOUND]
+
+    def fmt(v: float, digits: int = 1) -> str:
+        return f"{v:.{digits}f}" if np.isfinite(v) else "–"
+
+    head = ["**mean pixel AP, val-selected**", *(f"{d} AP, val" for d in domains)]
+    head += ["mean AP, Perlin-val-selected", "mean AP, last epoch", "mean AP, oracle", "mean PRO, val"]
+    head += ["mean image AUROC, val"]
+    out = [
+        "**Headline: chosen without the test set** (pixel AP in %; each domain's cell the mean ± std over "
+        "seeds at the epoch with the best pixel AP on the CAI-made pseudo-anomaly validation split; means over "
+        "domains of the seed means; oracle: the best epoch on the test set by --best-by, by default the mean of "
+        "pixel AUROC, AP and PRO)\n",
+        "| synthesiser | " + " | ".join(head) + " |",
+        "|---" * (len(head) + 1) + "|",
+    ]
+    for s in synths:
+        cells = [fmt(_domain_mean(rows, domains, s, "val", "pixel_ap"))]
+        cells += [
+            _cell([r["pixel_ap"] for r in rows if r["kind"] == "val" and r["domain"] == d and r["synth"] == s])
+            for d in domains
+        ]
+        cells += [fmt(_domain_mean(rows, domains, s, k, "pixel_ap")) for k in ("val-perlin", "last", "best")]
+        cells += [fmt(_domain_mean(rows, domains, s, "val", c)) for c in ("pro", "image_auroc")]
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(
+        "Selection quality: Spearman ρ of pseudo-validation and test pixel AP across the evaluated epochs, and "
+        "test AP lost against the epoch with the best test AP (working resolution), mean over seeds; CAI-made "
+        "split / Perlin-made split\n"
+    )
+    head = [f"{d} ρ" for d in domains] + [f"{d} AP lost" for d in domains] + ["mean ρ", "mean AP lost"]
+    out.append("| synthesiser | " + " | ".join(head) + " |")
+    out.append("|---" * (len(head) + 1) + "|")
+    for s in synths:
+        cells = []
+        for col, digits in (("sel_spearman", 2), ("ap_lost", 1)):
+            for d in domains:
+                cells.append(
+                    " / ".join(fmt(_seed_mean([r for r in rows if r["kind"] == k], d, s, col), digits) for k in KINDS)
+                )
+        for col, digits in (("sel_spearman", 2), ("ap_lost", 1)):
+            cells.append(" / ".join(fmt(_domain_mean(rows, domains, s, k, col), digits) for k in KINDS))
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def leave_one_domain_out(
+    rows: Sequence[dict], reference: str = "draem", kind: str = "val", col: str = "pixel_ap"
+) -> list[dict]:
+    """For each domain left out: the CAI candidate (a ``cai-*`` synthesiser run on every domain) with the
+    best mean ``col`` over the *other* domains (seed means, epoch ``kind``), its ``col`` on the left-out
+    domain, the reference's, and their paired per-seed differences there."""
+    domains = _domain_order(rows)
+    sub = [r for r in rows if r["kind"] == kind]
+    candidates = [
+        s
+        for s in _order(sub)
+        if s.startswith("cai-") and all(any(r["synth"] == s and r["domain"] == d for r in sub) for d in domains)
+    ]
     out = []
+    if len(domains) < 2 or not candidates:
+        return out
+    for held in domains:
+        others = [d for d in domains if d != held]
+        scores = {c: float(np.mean([_seed_mean(sub, d, c, col) for d in others])) for c in candidates}
+        picked = max(candidates, key=lambda c: (np.nan_to_num(scores[c], nan=-np.inf), -candidates.index(c)))
+        ref = {str(r["seed"]): _num(r[col]) for r in sub if r["domain"] == held and r["synth"] == reference}
+        diffs = [
+            _num(r[col]) - ref[str(r["seed"])]
+            for r in sub
+            if r["domain"] == held and r["synth"] == picked and str(r["seed"]) in ref
+        ]
+        out.append(
+            {
+                "held_out": held,
+                "picked": picked,
+                "score_others": scores[picked],
+                "picked_value": _seed_mean(sub, held, picked, col),
+                "reference_value": _seed_mean(sub, held, reference, col),
+                "diffs": diffs,
+            }
+        )
+    return out
+
+
+def lodo_markdown(rows: Sequence[dict], reference: str = "draem", kind: str = "val") -> str:
+    """The leave-one-domain-out table of :func:`leave_one_domain_out` (empty without candidates)."""
+    table = leave_one_domain_out(rows, reference, kind)
+    if not table or not any(r["synth"] == reference for r in rows):
+        return ""
+    out = [
+        f"Leave one domain out ({KIND_LABEL[kind]}; pixel AP in %): the CAI candidate with the best mean AP on the "
+        f"other domains, judged on the one left out against {reference} (paired over seeds, 95% t interval); a "
+        "candidate default is kept only if it wins on every left-out domain\n",
+        f"| left out | picked on the others | its mean AP there | its AP on the left-out | {reference} AP | "
+        f"difference [95% CI] | beats {reference} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    judged = [t for t in table if np.isfinite(t["reference_value"]) and np.isfinite(t["picked_value"])]
+    for t in table:
+        if t not in judged:
+            out.append(f"| {t['held_out']} | {t['picked']} | {t['score_others']:.1f} | – | – | – | not run |")
+            continue
+        m = t["picked_value"] - t["reference_value"]
+        out.append(
+            f"| {t['held_out']} | {t['picked']} | {t['score_others']:.1f} | {t['picked_value']:.1f} | "
+            f"{t['reference_value']:.1f} | {_ci_cell(t['diffs'])} | {'yes' if m > 0 else 'no'} |"
+        )
+    won = sum(t["picked_value"] > t["reference_value"] for t in judged)
+    out.append(f"\nLeft-out domains won: {won} of {len(judged)} judged ({len(table) - len(judged)} not run)\n")
+    return "\n".join(out)
+
+
+def summary_markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
+    """The headline (validation-selected) tables, then one table across domains per epoch kind: mean over
+    domains and per-domain pixel AP (each a mean over seeds), mean PRO, pixel AUROC, image AUROC, the mean
+    rank by pixel AP; then each synthesiser's paired difference to ``reference`` with 95 % t intervals
+    over seeds."""
+    out = [summary_headline(rows)]
+    if reference in _order(rows) and not reference.startswith("cai-"):
+        out.append(lodo_markdown(rows, reference, "val" if any(r["kind"] == "val" for r in rows) else "best"))
     domains = _domain_order(rows)
     synths = _order(rows)
-    for kind in ("best", "last"):
+    for kind in _kinds(rows):
         sub = [r for r in rows if r["kind"] == kind]
-        if not sub:
-            continue
         seeds = sorted({str(r["seed"]) for r in sub})
         ranks = mean_ranks(sub)
         out.append(
-            f"**{kind} epoch** across {len(domains)} domains (seeds {', '.join(seeds)}; metrics in %; each cell "
+            f"**{KIND_LABEL[kind]}** across {len(domains)} domains (seeds {', '.join(seeds)}; metrics in %; each cell "
             "the mean over seeds, ± std over seeds for a single domain; means over domains of those means; mean rank: "
             "by pixel AP on each domain, among the synthesisers run on every domain)\n"
         )
@@ -393,7 +582,7 @@ def summary_markdown(rows: Sequence[dict], reference: str = "cai-n") -> str:
         out.append("")
         if any(r["synth"] == reference for r in sub):
             out.append(
-                f"Paired difference to {reference} ({kind} epoch): synthesiser − {reference} per seed, mean "
+                f"Paired difference to {reference} ({KIND_LABEL[kind]}): synthesiser − {reference} per seed, mean "
                 "[95% t interval over seeds, mean ± t(0.975, n−1)·s/√n]; the mean over domains is taken per seed "
                 "first (seeds run on every domain); * = interval excludes 0\n"
             )
@@ -458,7 +647,9 @@ def summary_bars(rows: Sequence[dict], path: str | Path, kind: str = "best", col
         ax.bar(x + (i - (len(synths) - 1) / 2) * width, ms, width, yerr=sds, label=s, capsize=2)
     ax.set_xticks(x, groups)
     ax.set_ylabel(f"{HEAD[col]} (%)")
-    ax.set_title(f"UNet benchmark across domains ({kind} epoch; bars: mean over seeds, whiskers: std)")
+    ax.set_title(
+        f"UNet benchmark across domains: {KIND_LABEL[kind]}\n(bars: mean over seeds, whiskers: std)", fontsize=9
+    )
     ax.legend(fontsize=8, ncol=min(4, len(synths)))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -474,7 +665,7 @@ def summary(rows: Sequence[dict], out: str | Path, reference: str = "cai-n", hea
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(md)
     table = []
-    for kind in ("best", "last"):
+    for kind in _kinds(rows):
         for d in _domain_order(rows):
             for s in _order(rows):
                 rs = [r for r in rows if r["kind"] == kind and r["domain"] == d and r["synth"] == s]
@@ -485,6 +676,9 @@ def summary(rows: Sequence[dict], out: str | Path, reference: str = "cai-n", hea
                     table.append(row)
     cols = ["kind", "domain", "synth", "n_seeds", *[x for c in METRIC_COLS for x in (c, c + "_std")]]
     write_csv(table, out / "summary.csv", cols)
-    summary_bars(rows, out / "summary_bars.png", "best")
+    kinds = _kinds(rows)
+    summary_bars(rows, out / "summary_bars.png", kinds[0] if kinds else "best")
     summary_bars(rows, out / "summary_bars_last.png", "last")
+    if "best" in kinds and kinds[0] != "best":
+        summary_bars(rows, out / "summary_bars_oracle.png", "best")
     return md

@@ -324,7 +324,8 @@ class DRAEM(Synthesiser):
 
 class CAISynth(Synthesiser):
     """CAI from the engine; ``switches`` are the ablation flags (use_poisson, use_stm, use_ils);
-    ``anomalies`` per image, ``paste_weight`` and ``preset`` are the engine's options of those names."""
+    ``anomalies`` per image, ``paste_weight``, ``mask_rule`` and ``preset`` are the engine's options of those
+    names."""
 
     def __init__(
         self,
@@ -340,6 +341,7 @@ class CAISynth(Synthesiser):
         preset: str = "default",
         anomalies: int = 1,
         paste_weight: float = 0.0,
+        mask_rule: str | None = None,
         **switches: bool,
     ) -> None:
         from cai_aug import CAI, AnomalyBank
@@ -349,6 +351,8 @@ class CAISynth(Synthesiser):
             bank_dir, classes=list(classes) if classes else None, exclude=list(exclude) if exclude else None
         )
         off = {k: v for k, v in switches.items() if v is False}  # pass only the switches turned off
+        if mask_rule is not None:  # None: the engine's default
+            off["mask_rule"] = mask_rule
         try:
             self.cai = CAI(
                 bank,
@@ -374,6 +378,24 @@ class CAISynth(Synthesiser):
         if res.labels is not None:
             masks = masks * res.labels.reshape(-1, 1, 1, 1).to(masks.dtype).to(masks.device)
         return res.images.clamp(0, 1).to(images.device), masks.to(images.device)
+
+
+class LibraryCAI(CAISynth):
+    """``CAI(bank)`` with the library's defaults (the bank's ``exclude`` sources left out)."""
+
+    def __init__(
+        self,
+        bank_dir: str | Path,
+        exclude: Sequence[str] | None = None,
+        seed: int = 0,
+        device: str | None = None,
+        foreground: str = "auto",
+    ) -> None:
+        from cai_aug import CAI, AnomalyBank
+
+        self.name = "cai-default"
+        bank = AnomalyBank.from_folder(bank_dir, exclude=list(exclude) if exclude else None)
+        self.cai = CAI(bank, seed=seed, device=device, foreground=foreground)
 
 
 class CDMSynth(Synthesiser):

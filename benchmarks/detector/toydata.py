@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -80,10 +81,12 @@ def make_bank(
     per_class: int = 6,
     size: int = 48,
     seed: int = 1,
-    prefix: str = "synthbank",
+    prefix: str | Sequence[str] = "synthbank",
     source_repo: str = "example/synthetic-defects",
 ) -> Path:
-    """A bank ``<class>/<id>.png`` + ``<id>_mask.png`` with ``MANIFEST.csv`` (classes crack, stain)."""
+    """A bank ``<class>/<id>.png`` + ``<id>_mask.png`` with ``MANIFEST.csv`` (classes crack, stain); with
+    several prefixes (source datasets) the entries of each class take them in turn."""
+    prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
     root = Path(root)
     g = np.random.default_rng(seed)
     rows = []
@@ -100,7 +103,7 @@ def make_bank(
                 cv2.circle(mask, (size // 2, size // 2), r, 255, -1)
             img = base.astype(np.float32)
             img[mask > 0] *= 0.35
-            ident = f"{prefix}_{cls}_{i:04d}"
+            ident = f"{prefixes[i % len(prefixes)]}_{cls}_{i:04d}"
             _save(root / cls / f"{ident}.png", img.astype(np.uint8))
             _save(root / cls / f"{ident}_mask.png", mask)
             rows.append([ident, cls, source_repo, f"{cls}/{i}", "test data"])

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .losses import focal_loss
-from .metrics import compute_all
+from .metrics import compute_all, pixel_ap
 from .unet import DiscriminativeUNet
+from .validation import Selection
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,11 @@ PRESETS = {
         batch=16,
         lr=2e-3,
         per_image=1,
-        eval_every=2,
+        eval_every=1,
         kfold=3,
         crop=128,
         schedule="cosine",
-        eval_from=4,
+        eval_from=1,
     ),
 }
 
@@ -89,6 +90,7 @@ class TrainResult:
     last_maps: np.ndarray
     train_s: float
     history: list[dict] = field(default_factory=list)
+    selected: dict[str, Selection] = field(default_factory=dict)  # per validation split
 
 
 @torch.no_grad()
@@ -171,10 +173,13 @@ def train_detector(
     best_by: str = "mean",
     desc: str = "train",
     progress: bool = True,
+    valsets: dict[str, EvalSet] | None = None,
 ) -> TrainResult:
     """Train DRAEM's discriminative UNet with focal loss on ``train_x (M,3,S,S) uint8`` /
     ``train_y (M,1,S,S) uint8``; evaluate every ``eval_every`` epochs at model resolution to pick the
-    best epoch (criterion ``best_by``); return the best and the last epoch's test maps."""
+    best epoch on the test set (criterion ``best_by``: the oracle) and, for each of ``valsets``, the
+    epoch with the best pixel AP on that pseudo-anomaly validation split; return the test maps of the
+    oracle, the last and each validation-selected epoch."""
     torch.manual_seed(seed)
     model = DiscriminativeUNet(3, 2, preset.width).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=preset.lr)
@@ -184,6 +189,7 @@ def train_detector(
     best_score, best_epoch, best_maps = -np.inf, 0, None
     last_maps = None
     history = []
+    selected: dict[str, Selection] = {}
     t0 = time.perf_counter()
     eval_s = 0.0
     n = len(train_x)
@@ -232,9 +238,15 @@ def train_detector(
             s = score(metrics)
             if best_maps is None or s > best_score:
                 best_score, best_epoch, best_maps = s, epoch, maps
+            for name, vs in (valsets or {}).items():
+                vmaps = predict(model, vs.images, max(preset.batch, 16), device)
+                vap = 100 * pixel_ap(list(vmaps), vs.masks_low)
+                row[f"{name}_pixel_ap"] = vap
+                if name not in selected or vap > selected[name].score:
+                    selected[name] = Selection(epoch, vap, maps, vmaps)
             last_maps = maps
             eval_s += time.perf_counter() - te
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", best=best_epoch)
     train_s = time.perf_counter() - t0 - eval_s  # test-set evaluation excluded
-    return TrainResult(best_epoch, preset.epochs, best_maps, last_maps, train_s, history)
+    return TrainResult(best_epoch, preset.epochs, best_maps, last_maps, train_s, history, selected)

@@ -18,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     # Each sub-command module defines ``register(subparsers)``, which adds its parser and sets ``func`` to
     # a callable taking the parsed namespace and returning an exit code; none imports a heavy stack here.
-    from cai_aug.cli import build_bank, cdm, demo, synth
+    from cai_aug.cli import build_bank, cdm, demo, synth, validation
 
-    for module in (synth, demo, build_bank, cdm):
+    for module in (synth, demo, build_bank, cdm, validation):
         module.register(subparsers)
     return parser
 

@@ -530,8 +530,8 @@ class CAI:
                 backend=config.backend,
                 rows=part.rows,
             )
-            # Mask: |Isa - In| > T inside Omega; a (nearly) empty one makes the attempt fail.
-            masks = injection_mask(injection, config.threshold, config.median)
+            # Mask: what changed inside Omega (config.mask_rule); a (nearly) empty one makes the attempt fail.
+            masks = injection_mask(injection, config.threshold, config.median, config.mask_rule)
             pixels = masks.flatten(1).view(torch.uint8).sum(dim=1, dtype=torch.int32)  # bytes: no int64 copy
             won = injection.placed & (pixels >= config.min_mask_pixels)
             if samples is None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from cai_aug.engine.masks import MASK_RULES
 from cai_aug.engine.matching import parse_quotas, synthesis_probabilities
 
 Mode = Literal["normal", "mixed", "both"]
@@ -63,6 +64,10 @@ class CAIConfig:
         Size of the square kernel that closes and then dilates the pattern mask into Omega (>= 0).
     median : int
         Odd median (majority) filter size of the difference mask (1: no filter).
+    mask_rule : {"hysteresis", "majority"}
+        ``"majority"`` (the paper's): the difference above ``threshold``, median filtered; ``"hysteresis"``:
+        that, plus every pixel above ``threshold`` connected to one changed by more than three times it,
+        so a thin but clearly visible change is never taught as normal.
     min_mask_pixels : int
         A pseudo anomaly with a smaller mask is redrawn (>= 0).
     allow_upscale : bool
@@ -112,6 +117,7 @@ class CAIConfig:
     threshold: float = 7 / 255
     margin: int = 8
     median: int = 7
+    mask_rule: str = "hysteresis"
     min_mask_pixels: int = 10
     allow_upscale: bool = True
     ratio_decimals: int | None = 1
@@ -139,6 +145,7 @@ class CAIConfig:
         set_(self, "median", _integer("median", self.median, *LIMITS["median"]))
         if self.median % 2 == 0:
             raise ValueError(f"median must be an odd filter size, got {self.median}")
+        set_(self, "mask_rule", _choice("mask_rule", self.mask_rule, MASK_RULES))
         set_(self, "min_mask_pixels", _integer("min_mask_pixels", self.min_mask_pixels, 0))
         set_(self, "allow_upscale", _boolean("allow_upscale", self.allow_upscale))
         if self.ratio_decimals is not None:
@@ -243,6 +250,8 @@ OPTION_HELP: dict[str, str] = {
     "threshold": "difference-mask threshold T in image units (7/255: the reference's > 7 of 255)",
     "margin": "kernel size that closes and dilates the pattern mask into the solved region Omega",
     "median": "odd median filter size of the difference mask",
+    "mask_rule": "difference mask: majority (the paper's median-filtered threshold) or hysteresis (also keeps "
+    "pixels above T connected to a change above 3T)",
     "min_mask_pixels": "a pseudo anomaly with a smaller mask is redrawn",
     "allow_upscale": "allow enlarging a source (r = R'/R > 1)",
     "ratio_decimals": "decimals of R' ('none': continuous)",
@@ -275,7 +284,14 @@ LIMITS: dict[str, tuple[int, int]] = {
 #: Named configurations (:meth:`CAIConfig.preset`): options that differ from the class defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "paper": {"mode": "normal", "quotas": (4.0, 3.0, 3.0), "anomalies": 1, "grey_injection": False, "atol": None},
+    "paper": {
+        "mode": "normal",
+        "quotas": (4.0, 3.0, 3.0),
+        "anomalies": 1,
+        "grey_injection": False,
+        "atol": None,
+        "mask_rule": "majority",
+    },
 }
 
 

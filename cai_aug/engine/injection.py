@@ -199,10 +199,11 @@ def inject(
     return Injection(blended, target, region, origin_y, origin_x, iterations, residual, placed)
 
 
-def injection_mask(injection: Injection, threshold: float, median: int = 7) -> torch.Tensor:
-    """The difference mask of the injected canvases, ``(B, 1, Hc, Wc)`` bool (see :func:`difference_mask`).
+def injection_mask(injection: Injection, threshold: float, median: int = 7, rule: str = "majority") -> torch.Tensor:
+    """The difference mask of the injected canvases, ``(B, 1, Hc, Wc)`` bool (see :func:`difference_mask`,
+    ``rule`` one of its rules).
 
     On the canvas it equals the full image's: outside Omega nothing changed, so the median filter sees
     the same zeros at the canvas edge as beyond it.
     """
-    return difference_mask(injection.images, injection.target, injection.region, threshold, median)
+    return difference_mask(injection.images, injection.target, injection.region, threshold, median, rule)

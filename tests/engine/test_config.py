@@ -31,7 +31,10 @@ def test_defaults_are_the_reference_settings_where_the_benchmark_did_not_say_oth
 def test_paper_preset_differs_from_the_defaults_only_where_it_says():
     paper = CAIConfig.preset("paper")
     assert (paper.mode, paper.anomalies, paper.grey_injection, paper.atol) == ("normal", 1, False, None)
-    assert paper.replace(mode="both", anomalies=3, grey_injection=True, atol=1 / 255) == CAIConfig()
+    assert paper.mask_rule == "majority"
+    assert paper.replace(mode="both", anomalies=3, grey_injection=True, atol=1 / 255, mask_rule="hysteresis") == (
+        CAIConfig()
+    )
 
 
 def test_modes_are_spelled_once():

@@ -48,6 +48,7 @@ OTHER = {
     "rtol": 1e-3,
     "max_iter": 50,
     "backend": "torch",
+    "mask_rule": "majority",
 }
 
 

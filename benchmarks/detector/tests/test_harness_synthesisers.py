@@ -90,6 +90,7 @@ def test_parse_cai_names():
         "use_ils": True,
         "anomalies": 1,
         "paste_weight": 0.0,
+        "mask_rule": None,
     }
     spec = parse_cai_name("cai-m-no-stm-no-ils@6:2:2")
     assert spec["mode"] == "mixed" and spec["quotas"] == (6, 2, 2)
@@ -103,6 +104,13 @@ def test_parse_cai_names_with_per_sample_guidance_and_the_paper_preset():
     spec = parse_cai_name("cai-n-paper")
     assert spec["mode"] == "normal" and spec["preset"] == "paper"
     assert valid_synth("cai-b-x3") and valid_synth("cai-n-paper-x2") and not valid_synth("cai-q")
+
+
+def test_the_mask_rule_is_named_by_a_suffix(bank):
+    assert parse_cai_name("cai-b-x3-mask-maj")["mask_rule"] == "majority"
+    assert parse_cai_name("cai-b-x3-p50-mask-hys@6:2:2")["mask_rule"] == "hysteresis"
+    args = parse_args(["--data", "unused", "--bank", str(bank), "--synth", "cai-b-x3-mask-maj"])
+    assert build_synthesiser("cai-b-x3-mask-maj", args, seed=0).cai.config.mask_rule == "majority"
 
 
 def test_several_anomalies_per_image_is_the_engines_option(bank):

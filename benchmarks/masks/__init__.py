@@ -1,0 +1,1 @@
+"""How well the pseudo-anomaly mask covers what changed (``python -m benchmarks.masks``)."""

@@ -10,7 +10,7 @@ inside ``torch.random.fork_rng`` so the harness stays reproducible per (seed, im
 
 anomalib needs torchvision. PyPI's torchvision is a CUDA build whose compiled ops do not load with a CPU
 torch, and its import then dies registering fake kernels for ``torchvision::nms`` / ``qnms``; defining
-those two schemas first lets it import (``../shared/NOTES.md``). The harness is a benchmark, not the
+those two schemas first lets it import. The harness is a benchmark, not the
 library, so it applies that recipe itself, only when torchvision's own ops are absent. The same CUDA
 wheel's image extension does not load either, so ``torchvision.io.read_image`` (which anomalib reads the
 source with) is then replaced, in anomalib's perlin module only, by a PIL reader with the same result

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"no pseudo anomaly could be placed on {len(result.skipped)} image(s): {result.skipped[:5]}")
     if sources is not None:
         print(
-            f"validation sources: {','.join(sources)}; train without them: --bank-exclude / "
+            f"validation sources: {','.join(sources)}; train without them: --exclude / "
             f"AnomalyBank.from_folder(bank, exclude={sorted(sources)})"
         )
     return 0

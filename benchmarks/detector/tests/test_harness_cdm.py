@@ -66,7 +66,8 @@ def test_cdm_slot_runs_end_to_end(tmp_path):
     ]  # fmt: skip
     assert cli.main(argv) == 0
     rows = read_csv(out / "results.csv")
-    assert {r["synth"] for r in rows} == {"cdm"} and rows[0]["n_pseudo"] == "4"
+    # one pseudo anomaly per training normal (a fifth of the four is held out for validation)
+    assert {r["synth"] for r in rows} == {"cdm"} and rows[0]["n_pseudo"] == rows[0]["n_normal"] == "3"
     assert (out / "contact_sheets" / "cdm.png").exists()
 
 

@@ -1,23 +1,29 @@
 """The CAI engine: ``anomalies`` pseudo anomalies per input image, batched on any device.
 
 The ``k`` anomalies of an image are ``k`` samples of one batch (``k B`` samples for ``B`` images), each
-with its own key, all drawn, placed, solved and masked together. Overlap rule: later draws avoid
-earlier regions (:class:`_Kept`): a draw is placed clear of the image's other anomalies, so regions
-never meet nor touch, each solve sees only normal pixels around it, and the result is that of
-injecting them one after the other.
+with its own key, all drawn and placed together. Overlap rule (``config.overlap``):
+
+- ``"stack"`` (default): every anomaly is placed on its own; one whose region would meet an earlier
+  one's (a lower slot of the same image) is solved after it, on the image that already holds it, so the
+  result is that of injecting them one after the other, and overlapping anomalies merge into one
+  compound defect. The samples of a pass are solved in layers: layer 0 (all that meet no earlier one,
+  usually nearly all) in one batched solve, then each layer on top of the ones before.
+- ``"apart"``: a later draw is placed clear of the image's earlier anomalies (:class:`_Kept`), so
+  regions never meet nor touch and all are solved in one batched pass.
 
 Per sample (all steps batched, every random decision keyed per sample, see :mod:`cai_aug.engine.rng`):
 foreground -> plan (STM/MAS: synthesis type, source, R') -> place (ILS: centre, shrinking R' when
 nothing fits) -> inject (source resampled into a canvas, Omega = dilate(close(mask)), Poisson on the
-canvas, foreground filter) -> mask (difference mask). A sample whose attempt fails (no valid centre
-even after shrinking R' or clear of the image's other anomalies, a region that leaves no known pixel,
-or a nearly empty mask) is redrawn with the next attempt's keys; after ``max_attempts`` it is given up
-(an image none of whose anomalies succeeded is returned unchanged and labelled normal). A batch never
-fails because of one sample.
+canvas, foreground filter) -> mask (difference mask; the image's mask is the union). A sample whose
+attempt fails (no valid centre even after shrinking R' (or clear of the image's other anomalies), a
+region that leaves no known pixel, or a nearly empty mask) is redrawn with the next attempt's keys,
+on the image as it is then; after ``max_attempts`` it is given up (an image none of whose anomalies
+succeeded is returned unchanged and labelled normal). A batch never fails because of one sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +36,7 @@ from cai_aug.engine.bank import AnomalyBank
 from cai_aug.engine.config import MODES, CAIConfig, check_device
 from cai_aug.engine.foreground import ForegroundCache, resolve
 from cai_aug.engine.injection import Injection, inject, injection_mask, mixed_guidance, paste_weights
-from cai_aug.engine.location import Placement, place_pattern
+from cai_aug.engine.location import Placement, boxes_meet, place_pattern
 from cai_aug.engine.matching import (
     TYPE_NAMES,
     SynthesisPlan,
@@ -39,7 +45,7 @@ from cai_aug.engine.matching import (
     source_type,
     warn_fallback,
 )
-from cai_aug.engine.resample import paste_
+from cai_aug.engine.resample import crop, paste_
 from cai_aug.io.coerce import as_float_batch, restore_layout
 
 __all__ = ["CAI", "CAIResult", "MODES"]
@@ -85,19 +91,22 @@ class _Canvases:
         rows: torch.Tensor,
         slot: torch.Tensor | None,
         keep: torch.Tensor,
+        union: bool = False,
     ) -> None:
         """Paste the canvases of samples ``keep`` (``(n,)`` over the attempt) into ``images`` / ``masks``
         ``(B, ., H, W)`` at ``rows`` (the image of each sample), in place.
 
         ``slot``: ``(n,)`` the anomaly slot of each sample, when an image has several: then only each
         canvas's region is written (the rest of its window may hold another anomaly of the image), one
-        slot at a time, so that one call never writes two windows of one image.
+        slot at a time, so that one call never writes two windows of one image. ``union``: the written
+        mask is the union with the image's mask there (an anomaly stacked on an earlier one may leave
+        part of it unchanged, which stays masked).
         """
         injection = self.injection
         if self.samples is not None:
             rows, keep = rows[self.samples], keep[self.samples]
             slot = None if slot is None else slot[self.samples]
-        if slot is None and bool(keep.all()):  # the usual case: no subset copies of the canvases
+        if slot is None and not union and bool(keep.all()):  # the usual case: no subset copies of the canvases
             paste_(images, injection.images, injection.origin_y, injection.origin_x, rows)
             paste_(masks, self.masks, injection.origin_y, injection.origin_x, rows)
             return
@@ -106,8 +115,12 @@ class _Canvases:
             index = group.nonzero()[:, 0]
             origin_y, origin_x = injection.origin_y[index], injection.origin_x[index]
             where = None if slot is None else injection.region[index]
+            canvas_masks = self.masks[index]
+            if union:
+                below, _ = crop(masks, origin_y, origin_x, *canvas_masks.shape[-2:], rows[index])
+                canvas_masks = canvas_masks | (below > 0)
             paste_(images, injection.images[index], origin_y, origin_x, rows[index], where=where)
-            paste_(masks, self.masks[index], origin_y, origin_x, rows[index], where=where)
+            paste_(masks, canvas_masks, origin_y, origin_x, rows[index], where=where)
 
 
 @dataclass
@@ -169,12 +182,30 @@ class _Attempt:
         )
 
     def write_(
-        self, images: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, slot: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        rows: torch.Tensor,
+        slot: torch.Tensor | None = None,
+        union: bool = False,
     ) -> None:
         """Paste the successful samples' canvases into ``images`` / ``masks`` at ``rows`` (the image of each
         of this attempt's samples), in place (see :meth:`_Canvases.write_`)."""
         for group in self.canvases:
-            group.write_(images, masks, rows, slot, self.success)
+            group.write_(images, masks, rows, slot, self.success, union)
+
+    def overlay(self, which: torch.Tensor, later: _Attempt) -> _Attempt:
+        """This attempt with ``later``'s solve of the samples ``which`` (``(n,)`` bool) written over it:
+        the decisions are the same draw's, only the solve's outcome differs."""
+        success = torch.where(which, later.success, self.success)
+        return dataclasses.replace(
+            self,
+            canvases=self.canvases + later.canvases,
+            success=success,
+            iterations=torch.where(which, later.iterations, self.iterations),
+            residual=torch.where(which, later.residual, self.residual),
+            fallback=torch.where(which, later.fallback, self.fallback),
+        )
 
 
 class CAI:
@@ -274,8 +305,9 @@ class CAI:
         """Make pseudo anomalies: ``config.anomalies`` per image, all drawn and solved in one batched pass.
 
         The anomalies of an image have keys ``key`` (the first) and ``rng.derive(key, ANOTHER, slot)``;
-        a later draw that would come near an earlier one is moved clear of it (else redrawn), so the
-        regions of an image stay apart and the result equals injecting them one after the other.
+        where two meet, ``config.overlap`` decides: the later one is solved on top of the earlier one
+        (``"stack"``, the result of injecting them one after the other) or placed clear of it
+        (``"apart"``).
         With several, ``info[i]`` holds the first one's decisions, its ``"label"`` says whether any was
         made, and ``info[i]["more"]`` the others' (each with its own ``"label"``).
 
@@ -376,7 +408,8 @@ class CAI:
             plan = (plan[0].to(device), plan[1].to(device))
         ratios = size_ratios(self.bank.storage_on(device).source_sizes, foreground)  # (B, N), for every draw
         out_images, out_masks = x.clone(), torch.zeros_like(x[:, :1])
-        kept = _Kept(batch, slots, self.config.margin, device) if slots > 1 else None
+        stack = slots > 1 and self.config.overlap == "stack"
+        kept = _Kept(batch, slots, self.config.margin, device) if slots > 1 and not stack else None
         record = _Record(count, device)
         attempt = torch.zeros(count, dtype=torch.int64, device=device)
         pending = torch.arange(count, device=device)
@@ -385,11 +418,15 @@ class CAI:
             # the first pass of a single anomaly per image is the whole batch: no per-sample copies
             rows = None if first_pass and slots == 1 else image_of[pending]
             draw = self._draw(foreground, ratios, sample_keys, attempt, pending, rows, slot_of, plan, kept)
-            result = self._inject_drawn(x, foreground, draw)
-            if kept is not None:
+            if stack:
+                result = self._inject_stacked(out_images, out_masks, foreground, draw, image_of[pending], slot_of[pending])
+            elif kept is not None:
+                # kept apart: every region sees only normal pixels around it, so all solve on the input
+                result = self._inject_drawn(x, foreground, draw)
                 kept.add(image_of[pending], slot_of[pending], draw.placement.boxes(), result.success)
                 result.write_(out_images, out_masks, image_of[pending], slot_of[pending])
             else:
+                result = self._inject_drawn(x, foreground, draw)
                 result.write_(out_images, out_masks, image_of[pending])
             tries = attempt[pending] + 1
             record.update(pending, result, tries)
@@ -432,7 +469,7 @@ class CAI:
         ``i``), each at its attempt ``attempt[sample]``; a sample whose draw finds no room moves on to its
         next attempt (``attempt`` is updated in place) until it is placed or out of attempts.
 
-        With several anomalies per image (``kept``), draws are placed in slot order and each keeps clear
+        With ``kept`` (the ``"apart"`` overlap rule), draws are placed in slot order and each keeps clear
         of every box its image already has: kept in an earlier pass, or placed before it in this one.
         """
         config, batch = self.config, foreground.shape[0]
@@ -496,6 +533,35 @@ class CAI:
             todo = todo[retry]
         assert draw is not None
         return draw
+
+    def _inject_stacked(
+        self,
+        out_images: torch.Tensor,
+        out_masks: torch.Tensor,
+        foreground: torch.Tensor,
+        draw: _Draw,
+        images: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> _Attempt:
+        """PE and the mask for a draw under the ``"stack"`` overlap rule, written into ``out_images`` /
+        ``out_masks`` (``(B, ., H, W)``, in place) as it goes; ``images``, ``slots``: ``(n,)`` the image and
+        anomaly slot of each sample of the draw.
+
+        The samples are solved in layers (:func:`stack_layers`): each layer in one batched solve on the
+        images as the layers before it left them, so an anomaly that meets an earlier one of its image
+        is solved on top of it.
+        """
+        gap = overlap_gap(self.config.margin)
+        layers = stack_layers(draw.placement.boxes(), draw.placed, images, slots, out_images.shape[0], gap)
+        result: _Attempt | None = None
+        for layer in range(max(int(layers.max()), 0) + 1):
+            which = layers == layer
+            part = dataclasses.replace(draw, placed=draw.placed & which)
+            got = self._inject_drawn(out_images, foreground, part)
+            got.write_(out_images, out_masks, images, slots, union=True)
+            result = got if result is None else result.overlay(which, got)
+        assert result is not None
+        return result
 
     def _inject_drawn(self, images: torch.Tensor, foreground: torch.Tensor, draw: _Draw) -> _Attempt:
         """PE and the mask for the placed samples of a draw: their canvases and each sample's success."""
@@ -648,20 +714,66 @@ class _Part:
         )
 
 
+def overlap_gap(margin: int) -> int:
+    """Free pixels between two pattern boxes that keep their solves apart.
+
+    Omega lies within ``r = margin // 2 + 1`` of its pattern's bbox (:func:`cai_aug.engine.injection.
+    blend_region`: the closing of an even-sized square shifts by one pixel), so boxes ``2 r + 1`` apart
+    leave at least two pixels between their regions: neither region touches the other nor the pixels
+    its solve reads around it.
+    """
+    return 2 * (max(margin, 0) // 2 + 1) + 1
+
+
+def stack_layers(
+    boxes: torch.Tensor, placed: torch.Tensor, images: torch.Tensor, slots: torch.Tensor, batch: int, gap: int
+) -> torch.Tensor:
+    """The solve layer of each sample under the ``"stack"`` overlap rule.
+
+    A sample whose box comes within ``gap`` (:func:`boxes_meet`) of a placed sample of a lower slot of
+    the same image is solved after it: its layer is one more than the highest such; the others are layer
+    0. Samples solved in one layer therefore never meet.
+
+    Args:
+        boxes: ``(n, 4)`` pattern boxes ``(top, left, height, width)``.
+        placed: ``(n,)`` bool; unplaced samples get layer -1 and meet nothing.
+        images, slots: ``(n,)`` int64 image and anomaly slot of each sample (distinct pairs).
+        batch: number of images.
+    Returns:
+        ``(n,)`` int64 layers.
+
+    Examples:
+        >>> boxes = torch.tensor([[0, 0, 8, 8], [4, 4, 8, 8], [40, 40, 8, 8]])
+        >>> stack_layers(boxes, torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.int64),
+        ...              torch.arange(3), 1, gap=9).tolist()
+        [0, 1, 0]
+    """
+    slots_per_image = int(slots.max()) + 1 if slots.numel() else 1
+    table = boxes.new_zeros((batch, slots_per_image, 4))
+    table[images, slots] = boxes
+    on = torch.zeros(batch, slots_per_image, dtype=torch.bool, device=boxes.device)
+    on[images, slots] = placed
+    layer = torch.full((batch, slots_per_image), -1, dtype=torch.int64, device=boxes.device)
+    for later in range(slots_per_image):
+        below = torch.zeros(batch, dtype=torch.int64, device=boxes.device)
+        for earlier in range(later):
+            meets = on[:, earlier] & boxes_meet(table[:, earlier], table[:, later], gap)
+            below = torch.where(meets, torch.maximum(below, layer[:, earlier] + 1), below)
+        layer[:, later] = torch.where(on[:, later], below, -1)
+    return layer[images, slots]
+
+
 class _Kept:
-    """The boxes of each image's anomalies (several per image): the overlap rule's book.
+    """The boxes of each image's anomalies (several per image): the ``"apart"`` overlap rule's book.
 
     Later draws avoid earlier regions: a draw is placed only where its pattern bbox stays ``gap``
-    pixels from every box its image already has (kept in an earlier pass, or placed before it in this
-    pass: a lower slot, or any slot in an earlier round of the pass), see :meth:`CAI._draw`. Omega lies
-    within ``r = margin // 2 + 1`` of its bbox (:func:`cai_aug.engine.injection.blend_region`: the
-    closing of an even-sized square shifts by one pixel), so with ``gap = 2 r + 1`` two regions are at
-    least two pixels apart: neither touches the other nor its neighbours, and each solve sees only the
-    normal image around it.
+    pixels (:func:`overlap_gap`) from every box its image already has (kept in an earlier pass, or
+    placed before it in this pass: a lower slot, or any slot in an earlier round of the pass), see
+    :meth:`CAI._draw`; each solve then sees only the normal image around it.
     """
 
     def __init__(self, batch: int, slots: int, margin: int, device: torch.device) -> None:
-        self.gap = 2 * (max(margin, 0) // 2 + 1) + 1
+        self.gap = overlap_gap(margin)
         self.slots = slots
         self.boxes = torch.zeros(batch, slots, 4, dtype=torch.int64, device=device)
         self.kept = torch.zeros(batch, slots, dtype=torch.bool, device=device)

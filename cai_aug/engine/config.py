@@ -33,10 +33,14 @@ from cai_aug.engine.matching import parse_quotas, synthesis_probabilities
 Mode = Literal["normal", "mixed", "both"]
 ForegroundMode = Literal["auto", "none", "rembg"]
 Backend = Literal["auto", "torch", "cupy"]
+Overlap = Literal["stack", "apart"]
 
 #: Poisson guidance modes: source gradients, per pixel pair the larger of source and target gradient, or
 #: either one per sample (half and half, drawn from the sample's key).
 MODES: tuple[str, ...] = get_args(Mode)
+#: How the anomalies of one image share it: a later one that meets an earlier one goes on top of it, or
+#: later ones are placed clear of the earlier ones.
+OVERLAPS: tuple[str, ...] = get_args(Overlap)
 #: Foreground estimators by name (a callable ``(B, C, H, W) -> (B, 1, H, W)`` is accepted too).
 FOREGROUNDS: tuple[str, ...] = get_args(ForegroundMode)
 #: Poisson solver backends.
@@ -78,8 +82,13 @@ class CAIConfig:
         Draws per sample before it is returned unchanged and labelled normal (>= 1).
     anomalies : int
         Pseudo anomalies per image (>= 1), each with its own key, made together in one batched pass;
-        a later one keeps clear of the earlier ones' regions (redrawn where it would meet one), so the
-        result is that of injecting them one after the other; the mask is their union.
+        the mask is their union.
+    overlap : {"stack", "apart"}
+        What happens where two anomalies of an image meet. ``"stack"`` (the default): each is placed
+        on its own, and one that meets an earlier one is solved on top of it, as if they were injected
+        one after the other (overlapping anomalies merge into one larger, compound defect);
+        ``"apart"``: a later one is placed clear of the earlier ones' regions (redrawn where it would
+        meet one), so every anomaly sits in normal surroundings.
     use_poisson, use_stm, use_ils : bool
         Ablation switches: paste under the mask instead of Poisson editing; ``R'`` uniform in
         ``[0.1, 1]`` whatever the source's type; centre anywhere with the box inside the image.
@@ -123,6 +132,7 @@ class CAIConfig:
     ratio_decimals: int | None = 1
     max_attempts: int = 8
     anomalies: int = 3
+    overlap: Overlap = "stack"
     use_poisson: bool = True
     use_stm: bool = True
     use_ils: bool = True
@@ -152,6 +162,7 @@ class CAIConfig:
             set_(self, "ratio_decimals", _integer("ratio_decimals", self.ratio_decimals, *LIMITS["ratio_decimals"]))
         set_(self, "max_attempts", _integer("max_attempts", self.max_attempts, *LIMITS["max_attempts"]))
         set_(self, "anomalies", _integer("anomalies", self.anomalies, *LIMITS["anomalies"]))
+        set_(self, "overlap", _choice("overlap", self.overlap, OVERLAPS))
         for name in ("use_poisson", "use_stm", "use_ils", "grey_injection"):
             set_(self, name, _boolean(name, getattr(self, name)))
         if self.atol is not None:
@@ -256,7 +267,9 @@ OPTION_HELP: dict[str, str] = {
     "allow_upscale": "allow enlarging a source (r = R'/R > 1)",
     "ratio_decimals": "decimals of R' ('none': continuous)",
     "max_attempts": "draws per image before it is written as normal",
-    "anomalies": "pseudo anomalies per image, made in one batched pass and kept apart (mask: their union)",
+    "anomalies": "pseudo anomalies per image, made in one batched pass (mask: their union)",
+    "overlap": "anomalies of one image that meet: stack (the later one on top, as one after the other) or "
+    "apart (later ones placed clear of earlier ones)",
     "use_poisson": "Poisson editing (--no-use-poisson pastes the pattern: the paper's ablation)",
     "use_stm": "source-target matching (--no-use-stm: R' uniform in [0.1, 1], the paper's ablation)",
     "use_ils": "injection location selection (--no-use-ils: anywhere, foreground ignored)",

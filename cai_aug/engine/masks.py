@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cai_aug.engine.foreground import box_count
+from cai_aug.engine.foreground import box_count, dilate
 
 #: How the difference is turned into a mask: ``"majority"`` (the paper's rule: ``> T`` then a majority
 #: filter) or ``"hysteresis"`` (the majority rule's mask, plus the pixels changed by more than
@@ -40,12 +40,21 @@ def reconstruct(seeds: torch.Tensor, within: torch.Tensor, steps: int | None = N
     Returns:
         ``(B, 1, H, W)`` bool.
     """
-    current = (seeds & within).float()
-    inside = within.float()
+    # bool dilations by doubling (:func:`dilate`): a stride-1 max pool over floats costs 20-40x more on the CPU
+    current = seeds & within
     if steps is not None:
         for _ in range(steps):
-            current = F.max_pool2d(current, 3, stride=1, padding=1) * inside
-        return current > 0
+            current = dilate(current, 3) & within
+        return current
+    previous = int(current.sum())
+    while previous > 0:  # the set only grows, so an unchanged count means an unchanged set
+        for _ in range(4):  # a few dilations between checks: a check costs about as much as one
+            current = dilate(current, 3) & within
+        count = int(current.sum())
+        if count == previous:
+            break
+        previous = count
+    return current
     previous = float(current.sum())
     while previous > 0:  # the set only grows, so an unchanged count means an unchanged set
         for _ in range(4):  # a few dilations between checks: a check costs about as much as one

@@ -1,4 +1,5 @@
-"""Several anomalies per image: drawn, placed and solved together, with later draws avoiding earlier regions."""
+"""Several anomalies per image: drawn, placed and solved together; where they meet, stacked (the default)
+or kept apart."""
 
 import pytest
 import torch
@@ -24,23 +25,77 @@ def _sequential(bank, images, keys, slots, quotas):
     return images, union, steps
 
 
-def _both(bank, count, size, quotas):
+def _both(bank, count, size, quotas, overlap):
     images = demo_images(count, size, seed=5)
     keys = rng.sample_keys(0, list(range(count)))
-    together = CAI(bank, seed=0, anomalies=3, margin=MARGIN, quotas=quotas)(images, keys=keys)
+    together = CAI(bank, seed=0, anomalies=3, margin=MARGIN, quotas=quotas, overlap=overlap)(images, keys=keys)
     return together, _sequential(bank, images, keys, 3, quotas)
 
 
 @pytest.fixture(scope="module")
 def sparse(demo_bank):
-    """Small anomalies on larger images: most land apart."""
-    return _both(demo_bank, 16, 192, "0:0:1")
+    """Small anomalies on larger images, kept apart: most land apart anyway."""
+    return _both(demo_bank, 16, 192, "0:0:1", "apart")
 
 
 @pytest.fixture(scope="module")
 def crowded(demo_bank):
-    """The default mix on small images: later draws mostly land on earlier ones."""
-    return _both(demo_bank, 6, 112, "4:3:3")
+    """The default mix on small images, kept apart: later draws mostly land on earlier ones."""
+    return _both(demo_bank, 6, 112, "4:3:3", "apart")
+
+
+@pytest.fixture(scope="module")
+def stacked(demo_bank):
+    """The default mix and the default overlap rule on small images: many anomalies meet."""
+    return _both(demo_bank, 12, 112, "4:3:3", "stack")
+
+
+def _first_draws(steps, i):
+    """Every anomaly of image ``i`` was made at its first draw by the one-after-the-other construction."""
+    return all(step.info[i]["attempts"] == 1 and step.info[i]["label"] for step in steps)
+
+
+def _same_decisions(together, steps, i):
+    slots = [together.info[i], *together.info[i]["more"]]
+    return all(
+        {k: v for k, v in entry.items() if k != "more"} == {**step.info[i], "label": entry["label"]}
+        for entry, step in zip(slots, steps)
+    )
+
+
+def test_stacked_anomalies_equal_injections_one_after_the_other(stacked):
+    together, (images, union, steps) = stacked
+    compared = met = 0
+    for i in range(images.shape[0]):
+        if not _first_draws(steps, i):  # a redraw is stacked on the later anomalies already made
+            continue
+        compared += 1
+        met += not _apart([step.info[i]["box"] for step in steps])
+        assert torch.equal(together.images[i], images[i]) and torch.equal(together.masks[i], union[i])
+        assert _same_decisions(together, steps, i)
+    assert compared >= 6 and met >= 3  # images whose anomalies meet were compared too
+
+
+def test_a_stacked_anomaly_keeps_the_mask_of_the_one_below(stacked):
+    together, (_, _, steps) = stacked
+    for i in range(together.images.shape[0]):
+        if _first_draws(steps, i):
+            # every pixel masked by one step stays masked in the image's mask
+            for step in steps:
+                assert bool((together.masks[i] >= step.masks[i]).all())
+
+
+def test_stack_layers_solve_a_meeting_anomaly_after_the_one_it_meets():
+    from cai_aug.engine.cai import stack_layers
+
+    # image 0: slot 1 meets slot 0, slot 2 meets slot 1 only; image 1: slot 1 meets slot 0, which is unplaced
+    boxes = torch.tensor([[0, 0, 8, 8], [10, 10, 8, 8], [20, 20, 8, 8], [0, 0, 8, 8], [2, 2, 8, 8], [50, 50, 4, 4]])
+    placed = torch.tensor([True, True, True, False, True, True])
+    images = torch.tensor([0, 0, 0, 1, 1, 1])
+    slots = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert stack_layers(boxes, placed, images, slots, 2, gap=3).tolist() == [0, 1, 2, -1, 0, 0]
+    # farther apart than the gap: all in one layer
+    assert stack_layers(boxes, placed, images, slots, 2, gap=2).tolist() == [0, 0, 0, -1, 0, 0]
 
 
 def _apart(boxes):
@@ -54,19 +109,16 @@ def _apart(boxes):
     return True
 
 
-def test_several_anomalies_equal_injections_one_after_the_other_where_regions_are_apart(sparse):
+def test_anomalies_kept_apart_equal_injections_one_after_the_other_where_regions_are_apart(sparse):
     together, (images, union, steps) = sparse
     compared = 0
     for i in range(images.shape[0]):
         # every anomaly kept its first draw there, and no two came near each other
-        first_draws = all(step.info[i]["attempts"] == 1 and step.info[i]["label"] for step in steps)
-        if not (first_draws and _apart([step.info[i]["box"] for step in steps])):
+        if not (_first_draws(steps, i) and _apart([step.info[i]["box"] for step in steps])):
             continue
         compared += 1
         assert torch.equal(together.images[i], images[i]) and torch.equal(together.masks[i], union[i])
-        slots = [together.info[i], *together.info[i]["more"]]
-        for entry, step in zip(slots, steps):
-            assert {k: v for k, v in entry.items() if k != "more"} == {**step.info[i], "label": entry["label"]}
+        assert _same_decisions(together, steps, i)
     assert compared >= 2  # the comparison is not empty
 
 
@@ -83,8 +135,9 @@ def test_kept_anomalies_of_an_image_stay_apart(case, request):
     assert overlapping and any(not torch.equal(together.images[i], images[i]) for i in overlapping)
 
 
-def test_labels_and_masks_agree_with_several_anomalies(crowded):
-    together, _ = crowded
+@pytest.mark.parametrize("case", ["crowded", "stacked"])
+def test_labels_and_masks_agree_with_several_anomalies(case, request):
+    together, _ = request.getfixturevalue(case)
     assert torch.equal(together.labels, (together.masks.flatten(1).sum(1) > 0).float())
     assert all(len(entry["more"]) == 2 for entry in together.info)
 
@@ -119,7 +172,7 @@ def test_a_draw_with_no_clear_centre_is_not_placed():
 
 
 def test_overlap_rule_gap_keeps_the_solved_regions_two_pixels_apart():
-    from cai_aug.engine.cai import _Kept
+    from cai_aug.engine.cai import overlap_gap
     from cai_aug.engine.injection import blend_region
 
     # Omega of a full 10x10 pattern grows by margin // 2 + 1 = 5 at most, so boxes the rule's gap apart
@@ -130,7 +183,7 @@ def test_overlap_rule_gap_keeps_the_solved_regions_two_pixels_apart():
     rows, cols = region.any(1).nonzero()[:, 0], region.any(0).nonzero()[:, 0]
     grown = max(20 - int(rows[0]), int(rows[-1]) - 29, 20 - int(cols[0]), int(cols[-1]) - 29)
     assert grown == MARGIN // 2 + 1
-    assert _Kept(1, 2, MARGIN, torch.device("cpu")).gap >= 2 * grown + 1
+    assert overlap_gap(MARGIN) >= 2 * grown + 1
 
 
 def test_the_gpu_code_paths_give_the_cpu_result(demo_bank, monkeypatch):

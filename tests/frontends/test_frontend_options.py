@@ -39,6 +39,7 @@ OTHER = {
     "ratio_decimals": None,
     "max_attempts": 3,
     "anomalies": 2,
+    "overlap": "apart",
     "use_poisson": False,
     "use_stm": False,
     "use_ils": False,

@@ -34,7 +34,7 @@ from .metrics import compute_all
 from .report import COLUMNS, bar_plot, contact_sheet, map_sheet, markdown, read_csv, summary, write_csv
 from .synthesisers import DRAEM, NSA, CAISynth, CDMSynth, CutPaste, LibraryCAI, Synthesiser
 from .train import DEFAULT_SEEDS, PRESETS, SELECTION, EvalSet, to_native, train_detector
-from .validation import KINDS, VAL_SEED, f1_threshold, holdout, pixel_f1, selection_quality
+from .validation import KINDS, VAL_OPTIONS, VAL_SEED, f1_threshold, holdout, pixel_f1, selection_quality
 
 BASELINES = ("cutpaste", "nsa-n", "nsa-m", "draem", "draem-anomalib")
 _CAI_RE = re.compile(
@@ -425,6 +425,7 @@ class Bench:
                 seed=VAL_SEED,
                 device=self.args.device,
                 foreground=self.args.foreground,
+                **VAL_OPTIONS,
             ),
             "val-perlin": DRAEM(textures),
         }

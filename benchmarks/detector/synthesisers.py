@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -381,7 +382,7 @@ class CAISynth(Synthesiser):
 
 
 class LibraryCAI(CAISynth):
-    """``CAI(bank)`` with the library's defaults (the bank's ``exclude`` sources left out)."""
+    """``CAI(bank)`` with the library's defaults (the bank's ``exclude`` sources left out), ``options`` on top."""
 
     def __init__(
         self,
@@ -390,12 +391,13 @@ class LibraryCAI(CAISynth):
         seed: int = 0,
         device: str | None = None,
         foreground: str = "auto",
+        **options: Any,
     ) -> None:
         from cai_aug import CAI, AnomalyBank
 
         self.name = "cai-default"
         bank = AnomalyBank.from_folder(bank_dir, exclude=list(exclude) if exclude else None)
-        self.cai = CAI(bank, seed=seed, device=device, foreground=foreground)
+        self.cai = CAI(bank, seed=seed, device=device, foreground=foreground, **options)
 
 
 class CDMSynth(Synthesiser):

@@ -601,3 +601,67 @@ CAI_SOLVE(cai_poisson_pcg_f64, double)
 CAI_BLEND(cai_poisson_blend_f32, float)
 CAI_BLEND(cai_poisson_blend_f64, double)
 }
+
+// Bilinear resampling of RGBA8 bank pixels into per-sample canvases (cai_aug.engine.resample): the
+// same products and sums, in the same order and float32 rounding, as the torch path
+//   ((f00 (1 - wx) + f01 wx) (1 - wy) + (f10 (1 - wx) + f11 wx) wy) / 255,
+// so both give the same bits; no multiply-add contraction here, which would round differently.
+namespace {
+
+__attribute__((optimize("fp-contract=off"))) void render_rgba(
+    int n, int hc, int wc, const uint8_t *pixels, const int64_t *base, const int64_t *stride, const int64_t *y0,
+    const int64_t *y1, const float *wy, const int64_t *x0, const int64_t *x1, const float *wx, const int64_t *rows,
+    const int64_t *cols, const int64_t *pattern_h, const int64_t *pattern_w, int pad, float *image, uint8_t *mask) {
+  const size_t plane = static_cast<size_t>(hc) * wc;
+  std::vector<float> ux(wc), vx(wc);
+  for (int k = 0; k < n; ++k) {
+    float *out = image + static_cast<size_t>(k) * 3 * plane;
+    uint8_t *m = mask + static_cast<size_t>(k) * plane;
+    const int64_t *ky0 = y0 + static_cast<size_t>(k) * hc, *ky1 = y1 + static_cast<size_t>(k) * hc;
+    const int64_t *kx0 = x0 + static_cast<size_t>(k) * wc, *kx1 = x1 + static_cast<size_t>(k) * wc;
+    const float *kwy = wy + static_cast<size_t>(k) * hc, *kwx = wx + static_cast<size_t>(k) * wc;
+    const int rk = static_cast<int>(std::min<int64_t>(rows[k], hc)), ck = static_cast<int>(std::min<int64_t>(cols[k], wc));
+    for (int j = 0; j < ck; ++j) {
+      ux[j] = 1.0f - kwx[j];
+      vx[j] = kwx[j];
+    }
+    for (int i = 0; i < rk; ++i) {
+      const uint8_t *r0 = pixels + 4 * (base[k] + ky0[i] * stride[k]);
+      const uint8_t *r1 = pixels + 4 * (base[k] + ky1[i] * stride[k]);
+      const float vy = kwy[i], uy = 1.0f - vy;
+      const bool row_in = i >= pad && i < pad + pattern_h[k];
+      for (int j = 0; j < ck; ++j) {
+        const uint8_t *p00 = r0 + 4 * kx0[j], *p01 = r0 + 4 * kx1[j];
+        const uint8_t *p10 = r1 + 4 * kx0[j], *p11 = r1 + 4 * kx1[j];
+        float v[4];
+        for (int ch = 0; ch < 4; ++ch) {
+          const float a = static_cast<float>(p00[ch]) * ux[j];
+          const float b = static_cast<float>(p01[ch]) * vx[j];
+          const float top = a + b;
+          const float c = static_cast<float>(p10[ch]) * ux[j];
+          const float d = static_cast<float>(p11[ch]) * vx[j];
+          const float bottom = c + d;
+          const float e = top * uy;
+          const float f = bottom * vy;
+          v[ch] = (e + f) / 255.0f;
+        }
+        const size_t at = static_cast<size_t>(i) * wc + j;
+        out[at] = v[0];
+        out[plane + at] = v[1];
+        out[2 * plane + at] = v[2];
+        m[at] = row_in && j >= pad && j < pad + pattern_w[k] && v[3] >= 0.5f;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" void cai_render_rgba(int n, int hc, int wc, const uint8_t *pixels, const int64_t *base,
+                                const int64_t *stride, const int64_t *y0, const int64_t *y1, const float *wy,
+                                const int64_t *x0, const int64_t *x1, const float *wx, const int64_t *rows,
+                                const int64_t *cols, const int64_t *pattern_h, const int64_t *pattern_w, int pad,
+                                float *image, uint8_t *mask) {
+  render_rgba(n, hc, wc, pixels, base, stride, y0, y1, wy, x0, x1, wx, rows, cols, pattern_h, pattern_w, pad, image,
+              mask);
+}

@@ -45,7 +45,7 @@ from cai_aug.engine.matching import (
     source_type,
     warn_fallback,
 )
-from cai_aug.engine.resample import crop, paste_
+from cai_aug.engine.resample import paste_, windows
 from cai_aug.io.coerce import as_float_batch, restore_layout
 
 __all__ = ["CAI", "CAIResult", "MODES"]
@@ -117,7 +117,7 @@ class _Canvases:
             where = None if slot is None else injection.region[index]
             canvas_masks = self.masks[index]
             if union:
-                below, _ = crop(masks, origin_y, origin_x, *canvas_masks.shape[-2:], rows[index])
+                below = windows(masks, origin_y, origin_x, *canvas_masks.shape[-2:], rows[index])
                 canvas_masks = canvas_masks | (below > 0)
             paste_(images, injection.images[index], origin_y, origin_x, rows[index], where=where)
             paste_(masks, canvas_masks, origin_y, origin_x, rows[index], where=where)
@@ -419,7 +419,9 @@ class CAI:
             rows = None if first_pass and slots == 1 else image_of[pending]
             draw = self._draw(foreground, ratios, sample_keys, attempt, pending, rows, slot_of, plan, kept)
             if stack:
-                result = self._inject_stacked(out_images, out_masks, foreground, draw, image_of[pending], slot_of[pending])
+                result = self._inject_stacked(
+                    out_images, out_masks, foreground, draw, image_of[pending], slot_of[pending], first_pass
+                )
             elif kept is not None:
                 # kept apart: every region sees only normal pixels around it, so all solve on the input
                 result = self._inject_drawn(x, foreground, draw)
@@ -542,10 +544,11 @@ class CAI:
         draw: _Draw,
         images: torch.Tensor,
         slots: torch.Tensor,
+        first_pass: bool,
     ) -> _Attempt:
         """PE and the mask for a draw under the ``"stack"`` overlap rule, written into ``out_images`` /
         ``out_masks`` (``(B, ., H, W)``, in place) as it goes; ``images``, ``slots``: ``(n,)`` the image and
-        anomaly slot of each sample of the draw.
+        anomaly slot of each sample of the draw; ``first_pass``: no anomaly has been written yet.
 
         The samples are solved in layers (:func:`stack_layers`): each layer in one batched solve on the
         images as the layers before it left them, so an anomaly that meets an earlier one of its image
@@ -558,7 +561,8 @@ class CAI:
             which = layers == layer
             part = dataclasses.replace(draw, placed=draw.placed & which)
             got = self._inject_drawn(out_images, foreground, part)
-            got.write_(out_images, out_masks, images, slots, union=True)
+            # the first layer of the first pass writes onto images without anomalies: nothing to unite with
+            got.write_(out_images, out_masks, images, slots, union=layer > 0 or not first_pass)
             result = got if result is None else result.overlay(which, got)
         assert result is not None
         return result

@@ -22,7 +22,7 @@ from cai_aug.engine.bank import BankStorage
 from cai_aug.engine.foreground import close, dilate
 from cai_aug.engine.location import Placement
 from cai_aug.engine.masks import difference_mask
-from cai_aug.engine.resample import crop, paste, render_patterns
+from cai_aug.engine.resample import crop, paste, render_patterns, windows
 from cai_aug.poisson import poisson_blend_canvases
 
 # ITU-R BT.601 luma: a grey target receives the source's luminance, never its colour.
@@ -195,7 +195,7 @@ def inject(
     else:
         blended = torch.where(pattern_mask & inside, pattern_rgb, target)
     if use_ils:
-        blended = torch.where(crop(foreground, origin_y, origin_x, canvas_h, canvas_w, rows)[0], blended, target)
+        blended = torch.where(windows(foreground, origin_y, origin_x, canvas_h, canvas_w, rows), blended, target)
     return Injection(blended, target, region, origin_y, origin_x, iterations, residual, placed)
 
 

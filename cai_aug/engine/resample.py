@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from cai_aug.engine.bank import BankStorage
+from cai_aug.poisson import cpu_kernel
 
 
 def pattern_size(bbox: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,23 +50,34 @@ def render_patterns(
     Returns:
         image ``(B, 3, Hc, Wc)`` float in [0, 1] and mask ``(B, 1, Hc, Wc)`` bool (zero outside the bbox).
         On the CPU each sample is resampled over its own bbox plus ``pad`` only (a batch's canvas is as
-        large as its largest pattern): beyond that a smaller pattern's image is zero, where nothing reads
-        it (Omega stays within ``margin < pad`` of the bbox).
+        large as its largest pattern), by the compiled kernel when it is available: beyond that a smaller
+        pattern's image is zero, where nothing reads it (Omega stays within ``margin < pad`` of the bbox).
     """
+    taps = _taps(storage, source, pattern_h, pattern_w, canvas_h, canvas_w, pad)
+    if not _per_sample(source):
+        return _render(storage, taps, pattern_h, pattern_w, pad)
+    rows = (pattern_h + 2 * pad).clamp(max=canvas_h)
+    cols = (pattern_w + 2 * pad).clamp(max=canvas_w)
+    if cpu_kernel.enabled(torch.float32, source.device):
+        base, stride, row_taps, col_taps = taps
+        return cpu_kernel.render_rgba(
+            storage.pixels, base, stride, row_taps, col_taps, (rows, cols), (pattern_h, pattern_w), pad
+        )
     batch = source.shape[0]
-    if not _per_sample(source) or batch == 1:
-        return _render(storage, source, pattern_h, pattern_w, canvas_h, canvas_w, pad)
     image = torch.zeros(batch, 3, canvas_h, canvas_w, device=source.device)
     mask = torch.zeros(batch, 1, canvas_h, canvas_w, dtype=torch.bool, device=source.device)
-    for n, (height, width) in enumerate(zip(pattern_h.tolist(), pattern_w.tolist())):
-        rows, cols, one = min(height + 2 * pad, canvas_h), min(width + 2 * pad, canvas_w), slice(n, n + 1)
-        image[one, :, :rows, :cols], mask[one, :, :rows, :cols] = _render(
-            storage, source[one], pattern_h[one], pattern_w[one], rows, cols, pad
+    base, stride, (y0, y1, wy), (x0, x1, wx) = taps
+    for n, (height, width) in enumerate(zip(rows.tolist(), cols.tolist())):
+        one = slice(n, n + 1)
+        part = (base[one], stride[one], (y0[one, :height], y1[one, :height], wy[one, :height]))
+        part += ((x0[one, :width], x1[one, :width], wx[one, :width]),)
+        image[one, :, :height, :width], mask[one, :, :height, :width] = _render(
+            storage, part, pattern_h[one], pattern_w[one], pad
         )
     return image, mask
 
 
-def _render(
+def _taps(
     storage: BankStorage,
     source: torch.Tensor,
     pattern_h: torch.Tensor,
@@ -73,8 +85,10 @@ def _render(
     canvas_h: int,
     canvas_w: int,
     pad: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`render_patterns` for the whole batch at once (every sample over the full canvas)."""
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Where each canvas pixel reads the bank: the first pixel ``base (B,)`` and row stride ``(B,)`` of
+    each source's mip level, and the bilinear taps ``(low, high, weight)`` of the rows ``(B, Hc)`` and
+    of the columns ``(B, Wc)`` (int64, int64, float32)."""
     device = source.device
     bbox = storage.bbox[source].double()  # (B, 4)
     step_y = bbox[:, 2] / pattern_h.double()  # source pixels per canvas pixel
@@ -95,8 +109,20 @@ def _render(
         high = (low + 1).clamp(max=(size - 1)[:, None]).clamp(min=0)
         return low.clamp(min=0).clamp(max=(size - 1)[:, None]), high, weight
 
-    y0, y1, wy = taps(canvas_h, bbox[:, 0], step_y, height)
-    x0, x1, wx = taps(canvas_w, bbox[:, 1], step_x, width)
+    return offset, width, taps(canvas_h, bbox[:, 0], step_y, height), taps(canvas_w, bbox[:, 1], step_x, width)
+
+
+def _render(
+    storage: BankStorage,
+    taps: tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]],
+    pattern_h: torch.Tensor,
+    pattern_w: torch.Tensor,
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`render_patterns` by torch gathers, every sample over the canvas its taps span (:func:`_taps`)."""
+    offset, width, (y0, y1, wy), (x0, x1, wx) = taps
+    device = offset.device
+    batch, canvas_h, canvas_w = y0.shape[0], y0.shape[1], x0.shape[1]
     base = offset[:, None, None]
     rows0, rows1 = (y0 * width[:, None])[:, :, None], (y1 * width[:, None])[:, :, None]
     cols0, cols1 = x0[:, None, :], x1[:, None, :]
@@ -108,7 +134,7 @@ def _render(
     def fetch(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """One bilinear tap for every canvas pixel: ``(B, Hc, Wc, 4)`` float RGBA in [0, 255]."""
         index = (base + rows + cols).reshape(-1)
-        return words.index_select(0, index).view(torch.uint8).reshape(source.shape[0], canvas_h, canvas_w, 4).float()
+        return words.index_select(0, index).view(torch.uint8).reshape(batch, canvas_h, canvas_w, 4).float()
 
     # The bilinear blend, in place but with the same products and sums in the same order as
     # (f00 (1 - wx) + f01 wx) (1 - wy) + (f10 (1 - wx) + f11 wx) wy. The column weights are repeated over
@@ -167,11 +193,23 @@ def crop(
     """Windows of ``(B, C, H, W)`` images at per-sample origins ``(N,)`` -> ``(N, C, Hc, Wc)`` and validity
     ``(N, 1, Hc, Wc)`` bool (positions outside the image hold the nearest edge pixel). Window ``n`` is cut
     from image ``rows[n]`` (default: image ``n``), so several windows of one image need no copy of it."""
+    return windows(images, origin_y, origin_x, canvas_h, canvas_w, rows), canvas_validity(
+        images.shape, origin_y, origin_x, canvas_h, canvas_w
+    )
+
+
+def windows(
+    images: torch.Tensor,
+    origin_y: torch.Tensor,
+    origin_x: torch.Tensor,
+    canvas_h: int,
+    canvas_w: int,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The windows of :func:`crop` alone, ``(N, C, Hc, Wc)``, for callers that know the validity already."""
     if _per_sample(images):
-        windows = _crop_loop(images, origin_y, origin_x, canvas_h, canvas_w, rows)
-    else:
-        windows = _crop_gather(images, *_clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w), rows)
-    return windows, canvas_validity(images.shape, origin_y, origin_x, canvas_h, canvas_w)
+        return _crop_loop(images, origin_y, origin_x, canvas_h, canvas_w, rows)
+    return _crop_gather(images, *_clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w), rows)
 
 
 def _crop_gather(

@@ -37,7 +37,7 @@ from cai_aug.poisson.constants import ATOL_STEP_FACTOR, STOP_FACTOR
 from cai_aug.poisson.native import native_dir
 from cai_aug.poisson.system import CanvasSystem
 
-__all__ = ["USE", "available", "blend", "enabled", "pcg"]
+__all__ = ["USE", "available", "blend", "enabled", "pcg", "render_rgba"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ def _build() -> ctypes.CDLL:
             fn.restype = None
             fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * 7 + [ctypes.c_int] + [ctypes.c_void_p] * 2 + [
                 ctypes.c_double] * 4 + [ctypes.c_int, ctypes.c_double, ctypes.c_int]  # fmt: skip
+        lib.cai_render_rgba.restype = None
+        lib.cai_render_rgba.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 13 + [ctypes.c_int] + [ctypes.c_void_p] * 2
         return lib
     raise RuntimeError("compilation failed: " + " | ".join(errors))
 
@@ -303,3 +305,38 @@ def _split(rois: list[tuple[int, int, int, int, int]], n: int) -> list[list[int]
         parts[j].append(k)
         loads[j] += rois[k][3] * rois[k][4]
     return [sorted(p) for p in parts if p]
+
+
+def render_rgba(
+    pixels: torch.Tensor,
+    base: torch.Tensor,
+    stride: torch.Tensor,
+    row_taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    col_taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    extent: tuple[torch.Tensor, torch.Tensor],
+    pattern: tuple[torch.Tensor, torch.Tensor],
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear resampling of RGBA8 ``pixels`` (``(P, 4)`` uint8) into ``N`` canvases, compiled.
+
+    Sample ``k`` reads pixel ``base[k] + y * stride[k] + x``; ``row_taps = (y0, y1, wy)`` ``(N, Hc)`` and
+    ``col_taps = (x0, x1, wx)`` ``(N, Wc)`` are its bilinear taps (int64, int64, float32); only the first
+    ``extent = (rows, cols)`` ``(N,)`` rows and columns are filled (zero / False beyond). Returns the RGB
+    canvases ``(N, 3, Hc, Wc)`` float32 in [0, 1] and the mask ``(N, 1, Hc, Wc)`` bool: alpha >= 0.5
+    inside the ``pattern = (height, width)`` box at offset ``(pad, pad)``. Bit for bit the torch path of
+    :func:`cai_aug.engine.resample.render_patterns`.
+    """
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the compiled CPU kernels are not available")
+    y0, y1, wy = (t.contiguous() for t in row_taps)
+    x0, x1, wx = (t.contiguous() for t in col_taps)
+    rows, cols = (t.contiguous() for t in extent)
+    height, width = (t.contiguous() for t in pattern)
+    base, stride, pixels = base.contiguous(), stride.contiguous(), pixels.contiguous()
+    n, hc, wc = y0.shape[0], y0.shape[1], x0.shape[1]
+    image = torch.zeros(n, 3, hc, wc)
+    mask = torch.zeros(n, 1, hc, wc, dtype=torch.bool)
+    tensors = (pixels, base, stride, y0, y1, wy, x0, x1, wx, rows, cols, height, width)
+    lib.cai_render_rgba(n, hc, wc, *(t.data_ptr() for t in tensors), int(pad), image.data_ptr(), mask.data_ptr())
+    return image, mask

@@ -44,14 +44,37 @@ def test_paste_by_slices_equals_paste_by_index_put(dtype):
         assert torch.equal(by_slices, by_index)
 
 
-def test_per_sample_rendering_equals_the_batch_over_each_pattern_and_its_pad(demo_bank):
+def _per_sample_and_batch(demo_bank):
     storage = demo_bank.storage_on("cpu")
     source = torch.tensor([0, 1, 2, 3])
     height, width = torch.tensor([40, 7, 23, 1]), torch.tensor([12, 31, 23, 2])
     pad = 10
     canvas_h, canvas_w = int(height.max()) + 2 * pad, int(width.max()) + 2 * pad
     image, mask = resample.render_patterns(storage, source, height, width, canvas_h, canvas_w, pad)
-    batch_image, batch_mask = resample._render(storage, source, height, width, canvas_h, canvas_w, pad)
+    taps = resample._taps(storage, source, height, width, canvas_h, canvas_w, pad)
+    return (image, mask), resample._render(storage, taps, height, width, pad), height, width, pad
+
+
+def _assert_equal_over_each_pattern_and_its_pad(got, batch, height, width, pad):
+    (image, mask), (batch_image, batch_mask) = got, batch
     assert torch.equal(mask, batch_mask)
     for n, (h, w) in enumerate(zip(height.tolist(), width.tolist())):
         assert torch.equal(image[n, :, : h + 2 * pad, : w + 2 * pad], batch_image[n, :, : h + 2 * pad, : w + 2 * pad])
+
+
+def test_per_sample_rendering_equals_the_batch_over_each_pattern_and_its_pad(demo_bank):
+    _assert_equal_over_each_pattern_and_its_pad(*_per_sample_and_batch(demo_bank))
+
+
+def test_compiled_rendering_gives_the_torch_bits(demo_bank, monkeypatch):
+    """The compiled resampling (the CPU default) and the per-sample torch loop (no compiler) agree bit for bit."""
+    from cai_aug.poisson import cpu_kernel
+
+    if not cpu_kernel.available():
+        pytest.skip("no compiled CPU kernels here (no C++ compiler)")
+    compiled = _per_sample_and_batch(demo_bank)
+    monkeypatch.setattr(cpu_kernel, "USE", False)
+    loop = _per_sample_and_batch(demo_bank)
+    for one, other in zip(compiled[0], loop[0]):
+        assert torch.equal(one, other)
+    _assert_equal_over_each_pattern_and_its_pad(*loop)

@@ -665,3 +665,57 @@ extern "C" void cai_render_rgba(int n, int hc, int wc, const uint8_t *pixels, co
   render_rgba(n, hc, wc, pixels, base, stride, y0, y1, wy, x0, x1, wx, rows, cols, pattern_h, pattern_w, pad, image,
               mask);
 }
+
+// Canvas windows in and out of contiguous (B, C, H, W) images (cai_aug.engine.resample), for elements of
+// `elem` bytes: one row copy per canvas row instead of several torch calls per sample.
+extern "C" void cai_crop(int n, int c, int64_t h, int64_t w, int elem, const uint8_t *images, const int64_t *rows,
+                         const int64_t *origin_y, const int64_t *origin_x, int hc, int wc, uint8_t *out) {
+  // window pixels outside the image take the nearest image pixel (clamped indices)
+  for (int k = 0; k < n; ++k) {
+    const int64_t top = origin_y[k], left = origin_x[k];
+    const int64_t x0 = std::min<int64_t>(std::max<int64_t>(left, 0), w - 1);
+    const int64_t x1 = std::max<int64_t>(std::min<int64_t>(left + wc, w), x0 + 1);  // in-image columns [x0, x1)
+    const int d0 = static_cast<int>(std::min<int64_t>(std::max<int64_t>(x0 - left, 0), wc));
+    const int d1 = static_cast<int>(std::min<int64_t>(std::max<int64_t>(x1 - left, d0), wc));
+    for (int ch = 0; ch < c; ++ch) {
+      const uint8_t *plane = images + ((rows[k] * c + ch) * h) * w * elem;
+      uint8_t *dst = out + ((static_cast<int64_t>(k) * c + ch) * hc) * wc * elem;
+      for (int i = 0; i < hc; ++i) {
+        const int64_t y = std::min<int64_t>(std::max<int64_t>(top + i, 0), h - 1);
+        const uint8_t *line = plane + y * w * elem;
+        uint8_t *to = dst + static_cast<int64_t>(i) * wc * elem;
+        if (d1 > d0) std::memcpy(to + d0 * elem, line + (left + d0) * elem, static_cast<size_t>(d1 - d0) * elem);
+        for (int j = 0; j < d0; ++j) std::memcpy(to + j * elem, line, elem);
+        for (int j = d1; j < wc; ++j) std::memcpy(to + j * elem, line + (w - 1) * elem, elem);
+      }
+    }
+  }
+}
+
+extern "C" void cai_paste(int n, int c, int64_t h, int64_t w, int elem, uint8_t *images, const uint8_t *canvas,
+                          const int64_t *rows, const int64_t *origin_y, const int64_t *origin_x, int hc, int wc,
+                          const uint8_t *where) {
+  // canvas pixels outside the image are dropped; with `where` (N, 1, Hc, Wc) only its pixels are written
+  for (int k = 0; k < n; ++k) {
+    const int64_t top = origin_y[k], left = origin_x[k];
+    const int64_t i0 = std::max<int64_t>(0, -top), i1 = std::min<int64_t>(hc, h - top);
+    const int64_t j0 = std::max<int64_t>(0, -left), j1 = std::min<int64_t>(wc, w - left);
+    if (i0 >= i1 || j0 >= j1) continue;
+    for (int ch = 0; ch < c; ++ch) {
+      uint8_t *plane = images + ((rows[k] * c + ch) * h) * w * elem;
+      const uint8_t *src = canvas + ((static_cast<int64_t>(k) * c + ch) * hc) * wc * elem;
+      const uint8_t *keep = where ? where + static_cast<int64_t>(k) * hc * wc : nullptr;
+      for (int64_t i = i0; i < i1; ++i) {
+        uint8_t *to = plane + ((top + i) * w + left) * elem;
+        const uint8_t *from = src + i * wc * elem;
+        if (!keep) {
+          std::memcpy(to + j0 * elem, from + j0 * elem, static_cast<size_t>(j1 - j0) * elem);
+          continue;
+        }
+        const uint8_t *flag = keep + i * wc;
+        for (int64_t j = j0; j < j1; ++j)
+          if (flag[j]) std::memcpy(to + j * elem, from + j * elem, elem);
+      }
+    }
+  }
+}

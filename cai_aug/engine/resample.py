@@ -208,6 +208,9 @@ def windows(
 ) -> torch.Tensor:
     """The windows of :func:`crop` alone, ``(N, C, Hc, Wc)``, for callers that know the validity already."""
     if _per_sample(images):
+        if cpu_kernel.copy_enabled(images):
+            rows = torch.arange(origin_y.shape[0]) if rows is None else rows
+            return cpu_kernel.crop(images, rows, origin_y, origin_x, canvas_h, canvas_w)
         return _crop_loop(images, origin_y, origin_x, canvas_h, canvas_w, rows)
     return _crop_gather(images, *_clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w), rows)
 
@@ -277,7 +280,10 @@ def paste_(
         rows = torch.arange(canvas.shape[0], device=canvas.device)
     canvas = canvas.to(images.dtype)
     if _per_sample(images):
-        _paste_loop(images, canvas, origin_y, origin_x, rows, where)
+        if cpu_kernel.copy_enabled(images):
+            cpu_kernel.paste_(images, canvas, rows, origin_y, origin_x, where)
+        else:
+            _paste_loop(images, canvas, origin_y, origin_x, rows, where)
     else:
         _paste_index(images, canvas, origin_y, origin_x, rows, where)
     return images

@@ -1,5 +1,9 @@
 """The compiled CPU solve (``kernels/cpu_kernel.cpp``): built with the system's C++ compiler on first use.
 
+The same library holds the engine's two other CPU hot loops, each bit for bit its torch counterpart:
+the bilinear resampling of bank sources into canvases (:func:`render_rgba`) and the window copies in
+and out of images (:func:`crop`, :func:`paste_`), which replace several torch calls per sample.
+
 Why: on the CPU the torch loop of :mod:`cai_aug.poisson.pcg` is bound by memory traffic (about 30
 full-array passes per CG iteration) and, for small patterns, by per-call overhead (dozens of tiny
 torch calls per multigrid level). The same algorithm written as one loop nest per (sample, channel)
@@ -37,7 +41,7 @@ from cai_aug.poisson.constants import ATOL_STEP_FACTOR, STOP_FACTOR
 from cai_aug.poisson.native import native_dir
 from cai_aug.poisson.system import CanvasSystem
 
-__all__ = ["USE", "available", "blend", "enabled", "pcg", "render_rgba"]
+__all__ = ["USE", "available", "blend", "copy_enabled", "crop", "enabled", "paste_", "pcg", "render_rgba"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +161,11 @@ def _build() -> ctypes.CDLL:
             fn.restype = None
             fn.argtypes = [ctypes.c_int] * 2 + [ctypes.c_void_p] * 7 + [ctypes.c_int] + [ctypes.c_void_p] * 2 + [
                 ctypes.c_double] * 4 + [ctypes.c_int, ctypes.c_double, ctypes.c_int]  # fmt: skip
+        lib.cai_crop.restype = lib.cai_paste.restype = None
+        lib.cai_crop.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [
+            ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]  # fmt: skip
+        lib.cai_paste.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [
+            ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]  # fmt: skip
         lib.cai_render_rgba.restype = None
         lib.cai_render_rgba.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 13 + [ctypes.c_int] + [ctypes.c_void_p] * 2
         return lib
@@ -340,3 +349,58 @@ def render_rgba(
     tensors = (pixels, base, stride, y0, y1, wy, x0, x1, wx, rows, cols, height, width)
     lib.cai_render_rgba(n, hc, wc, *(t.data_ptr() for t in tensors), int(pad), image.data_ptr(), mask.data_ptr())
     return image, mask
+
+
+def copy_enabled(images: torch.Tensor) -> bool:
+    """Whether the compiled window copies (:func:`crop`, :func:`paste_`) take ``images``: a contiguous CPU
+    tensor of 1-, 2-, 4- or 8-byte elements, with the compiled code available."""
+    return (
+        USE
+        and images.device.type == "cpu"
+        and images.is_contiguous()
+        and images.element_size() in (1, 2, 4, 8)
+        and available()
+    )
+
+
+def crop(
+    images: torch.Tensor, rows: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Windows ``(N, C, height, width)`` of contiguous ``(B, C, H, W)`` images at per-sample origins ``(N,)``,
+    window ``n`` cut from image ``rows[n]``; pixels outside the image take the nearest image pixel."""
+    lib = _library()
+    count, channels = origin_y.shape[0], images.shape[1]
+    out = images.new_empty(count, channels, height, width)
+    if count == 0:
+        return out
+    index = [t.to(torch.int64).contiguous() for t in (rows, origin_y, origin_x)]
+    lib.cai_crop(
+        count, channels, images.shape[-2], images.shape[-1], images.element_size(), images.data_ptr(),
+        *(t.data_ptr() for t in index), height, width, out.data_ptr(),
+    )  # fmt: skip
+    return out
+
+
+def paste_(
+    images: torch.Tensor,
+    canvas: torch.Tensor,
+    rows: torch.Tensor,
+    origin_y: torch.Tensor,
+    origin_x: torch.Tensor,
+    where: torch.Tensor | None = None,
+) -> None:
+    """Write ``canvas (N, C, Hc, Wc)`` (``images``' dtype) into contiguous ``images (B, C, H, W)`` in place at
+    per-sample origins ``(N,)``, canvas ``n`` into image ``rows[n]``, in order; pixels outside the image
+    are dropped; ``where`` ``(N, 1, Hc, Wc)`` bool: only those pixels."""
+    lib = _library()
+    count = canvas.shape[0]
+    if count == 0:
+        return
+    canvas = canvas.contiguous()
+    where = None if where is None else where.contiguous()
+    index = [t.to(torch.int64).contiguous() for t in (rows, origin_y, origin_x)]
+    lib.cai_paste(
+        count, images.shape[1], images.shape[-2], images.shape[-1], images.element_size(), images.data_ptr(),
+        canvas.data_ptr(), *(t.data_ptr() for t in index), canvas.shape[-2], canvas.shape[-1],
+        None if where is None else where.data_ptr(),
+    )  # fmt: skip

@@ -44,6 +44,49 @@ def test_paste_by_slices_equals_paste_by_index_put(dtype):
         assert torch.equal(by_slices, by_index)
 
 
+def _compiled():
+    from cai_aug.poisson import cpu_kernel
+
+    if not cpu_kernel.available():
+        pytest.skip("no compiled CPU kernels here (no C++ compiler)")
+    return cpu_kernel
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool, torch.float64])
+def test_compiled_crop_equals_crop_by_gathers(dtype):
+    kernel = _compiled()
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(50):
+        images = torch.rand(3, 2, 21, 26, generator=generator).to(dtype if dtype != torch.bool else torch.float32)
+        images = images > 0.5 if dtype == torch.bool else images
+        canvas_h, canvas_w = (int(v) for v in torch.randint(1, 40, (2,), generator=generator))
+        origin_y, origin_x = _origins(generator, 4, -45, 30)
+        image_rows = torch.randint(0, 3, (4,), generator=generator)
+        rows, cols = resample._clamped_windows(images.shape, origin_y, origin_x, canvas_h, canvas_w)
+        expected = resample._crop_gather(images, rows, cols, image_rows)
+        assert torch.equal(kernel.crop(images, image_rows, origin_y, origin_x, canvas_h, canvas_w), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+@pytest.mark.parametrize("masked", [False, True])
+def test_compiled_paste_equals_paste_by_slices(dtype, masked):
+    kernel = _compiled()
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        images = torch.rand(4, 3, 19, 23, generator=generator)
+        canvas_h, canvas_w = (int(v) for v in torch.randint(1, 36, (2,), generator=generator))
+        canvas = torch.rand(3, 3, canvas_h, canvas_w, generator=generator)
+        if dtype == torch.bool:
+            images, canvas = images > 0.5, canvas > 0.5
+        where = torch.rand(3, 1, canvas_h, canvas_w, generator=generator) > 0.5 if masked else None
+        origin_y, origin_x = _origins(generator, 3, -40, 26)
+        rows = torch.randint(0, 4, (3,), generator=generator)  # windows may share an image: written in order
+        compiled, by_slices = images.clone(), images.clone()
+        kernel.paste_(compiled, canvas, rows, origin_y, origin_x, where)
+        resample._paste_loop(by_slices, canvas, origin_y, origin_x, rows, where)
+        assert torch.equal(compiled, by_slices)
+
+
 def _per_sample_and_batch(demo_bank):
     storage = demo_bank.storage_on("cpu")
     source = torch.tensor([0, 1, 2, 3])

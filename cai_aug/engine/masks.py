@@ -55,15 +55,6 @@ def reconstruct(seeds: torch.Tensor, within: torch.Tensor, steps: int | None = N
             break
         previous = count
     return current
-    previous = float(current.sum())
-    while previous > 0:  # the set only grows, so an unchanged count means an unchanged set
-        for _ in range(4):  # a few dilations between checks: a check costs about as much as one
-            current = F.max_pool2d(current, 3, stride=1, padding=1) * inside
-        count = float(current.sum())
-        if count == previous:
-            break
-        previous = count
-    return current > 0
 
 
 def difference_mask(

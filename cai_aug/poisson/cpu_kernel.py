@@ -167,7 +167,9 @@ def _build() -> ctypes.CDLL:
         lib.cai_paste.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [
             ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]  # fmt: skip
         lib.cai_render_rgba.restype = None
-        lib.cai_render_rgba.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 13 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+        lib.cai_render_rgba.argtypes = (
+            [ctypes.c_int] * 3 + [ctypes.c_void_p] * 13 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+        )
         return lib
     raise RuntimeError("compilation failed: " + " | ".join(errors))
 

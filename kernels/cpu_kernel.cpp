@@ -692,19 +692,23 @@ extern "C" void cai_crop(int n, int c, int64_t h, int64_t w, int elem, const uin
   }
 }
 
-extern "C" void cai_paste(int n, int c, int64_t h, int64_t w, int elem, uint8_t *images, const uint8_t *canvas,
+extern "C" void cai_paste(int n, int c, int64_t h, int64_t w, int elem, uint8_t *images, const uint8_t *canvases,
                           const int64_t *rows, const int64_t *origin_y, const int64_t *origin_x, int hc, int wc,
-                          const uint8_t *where) {
-  // canvas pixels outside the image are dropped; with `where` (N, 1, Hc, Wc) only its pixels are written
+                          const uint8_t *wheres, const int64_t *pick) {
+  // canvas pixels outside the image are dropped; with `where` (N, 1, Hc, Wc) only its pixels are written;
+  // write k takes canvas (and where) pick[k] (k without `pick`)
   for (int k = 0; k < n; ++k) {
+    const int64_t from_k = pick ? pick[k] : k;
+    const uint8_t *canvas = canvases + from_k * c * hc * wc * elem;
+    const uint8_t *where = wheres ? wheres + from_k * hc * wc : nullptr;
     const int64_t top = origin_y[k], left = origin_x[k];
     const int64_t i0 = std::max<int64_t>(0, -top), i1 = std::min<int64_t>(hc, h - top);
     const int64_t j0 = std::max<int64_t>(0, -left), j1 = std::min<int64_t>(wc, w - left);
     if (i0 >= i1 || j0 >= j1) continue;
     for (int ch = 0; ch < c; ++ch) {
       uint8_t *plane = images + ((rows[k] * c + ch) * h) * w * elem;
-      const uint8_t *src = canvas + ((static_cast<int64_t>(k) * c + ch) * hc) * wc * elem;
-      const uint8_t *keep = where ? where + static_cast<int64_t>(k) * hc * wc : nullptr;
+      const uint8_t *src = canvas + static_cast<int64_t>(ch) * hc * wc * elem;
+      const uint8_t *keep = where;
       for (int64_t i = i0; i < i1; ++i) {
         uint8_t *to = plane + ((top + i) * w + left) * elem;
         const uint8_t *from = src + i * wc * elem;

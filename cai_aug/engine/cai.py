@@ -45,7 +45,7 @@ from cai_aug.engine.matching import (
     source_type,
     warn_fallback,
 )
-from cai_aug.engine.resample import paste_, windows
+from cai_aug.engine.resample import paste_, windows, writes_in_order
 from cai_aug.io.coerce import as_float_batch, restore_layout
 
 __all__ = ["CAI", "CAIResult", "MODES"]
@@ -110,6 +110,19 @@ class _Canvases:
             paste_(images, injection.images, injection.origin_y, injection.origin_x, rows)
             paste_(masks, self.masks, injection.origin_y, injection.origin_x, rows)
             return
+        if writes_in_order(images):
+            # one call for all slots: the windows are written one after the other, each inside its region
+            index = keep.nonzero()[:, 0]
+            origin_y, origin_x, at = injection.origin_y[index], injection.origin_x[index], rows[index]
+            where = None if slot is None else injection.region
+            paste_(images, injection.images, origin_y, origin_x, at, where=where, pick=index)
+            if union:
+                below = windows(masks, origin_y, origin_x, *self.masks.shape[-2:], at)
+                where = None if where is None else where[index]
+                paste_(masks, self.masks[index] | below, origin_y, origin_x, at, where=where)
+            else:
+                paste_(masks, self.masks, origin_y, origin_x, at, where=where, pick=index)
+            return
         groups = [keep] if slot is None else [keep & (slot == value) for value in slot[keep].unique().tolist()]
         for group in groups:
             index = group.nonzero()[:, 0]
@@ -117,8 +130,7 @@ class _Canvases:
             where = None if slot is None else injection.region[index]
             canvas_masks = self.masks[index]
             if union:
-                below = windows(masks, origin_y, origin_x, *canvas_masks.shape[-2:], rows[index])
-                canvas_masks = canvas_masks | (below > 0)
+                canvas_masks = canvas_masks | windows(masks, origin_y, origin_x, *canvas_masks.shape[-2:], rows[index])
             paste_(images, injection.images[index], origin_y, origin_x, rows[index], where=where)
             paste_(masks, canvas_masks, origin_y, origin_x, rows[index], where=where)
 
@@ -378,7 +390,7 @@ class CAI:
                 entry["label"] = int(label)
         return CAIResult(
             images=out_images.to(output_device),
-            masks=out_masks.to(output_device),
+            masks=out_masks.to(output_device, torch.float32),
             labels=labels.float().to(output_device),
             info=info,
         )
@@ -407,7 +419,7 @@ class CAI:
         if plan is not None:  # the plan is the first anomaly's; the others are drawn
             plan = (plan[0].to(device), plan[1].to(device))
         ratios = size_ratios(self.bank.storage_on(device).source_sizes, foreground)  # (B, N), for every draw
-        out_images, out_masks = x.clone(), torch.zeros_like(x[:, :1])
+        out_images, out_masks = x.clone(), torch.zeros_like(x[:, :1], dtype=torch.bool)
         stack = slots > 1 and self.config.overlap == "stack"
         kept = _Kept(batch, slots, self.config.margin, device) if slots > 1 and not stack else None
         record = _Record(count, device)

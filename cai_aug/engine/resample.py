@@ -176,6 +176,13 @@ def canvas_validity(
     return (((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :])[:, None]
 
 
+def writes_in_order(images: torch.Tensor) -> bool:
+    """Whether :func:`paste_` into ``images`` writes its canvases one after the other (the CPU), so that
+    windows of one image may share a call wherever their ``where`` keep them apart (on a GPU the writes
+    of one call race)."""
+    return _per_sample(images)
+
+
 def _per_sample(tensor: torch.Tensor) -> bool:
     # On the CPU a loop of per-sample copies (contiguous rows, no index arithmetic) is several times
     # faster than one gather or scatter over the batch; on a GPU the loop would cost a launch per sample.
@@ -270,12 +277,22 @@ def paste_(
     origin_x: torch.Tensor,
     rows: torch.Tensor | None = None,
     where: torch.Tensor | None = None,
+    pick: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Write ``canvas (N, C, Hc, Wc)`` into ``images (B, C, H, W)`` in place at per-sample origins ``(N,)``,
     canvas ``n`` into image ``rows[n]`` (default: image ``n``); canvas pixels outside the image are
     dropped. ``where``: ``(N, 1, Hc, Wc)`` bool, only these canvas pixels are written (the rest of the
     window keeps the image's values). Windows written into one image may overlap only where ``where``
-    leaves them apart; on a GPU the rows of one call must then be distinct images. Returns ``images``."""
+    leaves them apart; on a GPU the rows of one call must then be distinct images. ``pick``: ``(n,)``,
+    write only canvases ``pick`` (and their ``where``), ``origin_*`` and ``rows`` then given per write,
+    without copying them out of ``canvas``. Returns ``images``."""
+    if _per_sample(images) and canvas.dtype == images.dtype and cpu_kernel.copy_enabled(images):
+        count = canvas.shape[0] if pick is None else pick.shape[0]
+        rows = torch.arange(count) if rows is None else rows
+        cpu_kernel.paste_(images, canvas, rows, origin_y, origin_x, where, pick)
+        return images
+    if pick is not None:
+        canvas, where = canvas[pick], None if where is None else where[pick]
     if rows is None:
         rows = torch.arange(canvas.shape[0], device=canvas.device)
     canvas = canvas.to(images.dtype)

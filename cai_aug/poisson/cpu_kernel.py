@@ -165,7 +165,7 @@ def _build() -> ctypes.CDLL:
         lib.cai_crop.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [
             ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]  # fmt: skip
         lib.cai_paste.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + [
-            ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]  # fmt: skip
+            ctypes.c_void_p] * 5 + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
         lib.cai_render_rgba.restype = None
         lib.cai_render_rgba.argtypes = (
             [ctypes.c_int] * 3 + [ctypes.c_void_p] * 13 + [ctypes.c_int] + [ctypes.c_void_p] * 2
@@ -390,19 +390,22 @@ def paste_(
     origin_y: torch.Tensor,
     origin_x: torch.Tensor,
     where: torch.Tensor | None = None,
+    pick: torch.Tensor | None = None,
 ) -> None:
-    """Write ``canvas (N, C, Hc, Wc)`` (``images``' dtype) into contiguous ``images (B, C, H, W)`` in place at
-    per-sample origins ``(N,)``, canvas ``n`` into image ``rows[n]``, in order; pixels outside the image
-    are dropped; ``where`` ``(N, 1, Hc, Wc)`` bool: only those pixels."""
+    """Write canvases (``images``' dtype) into contiguous ``images (B, C, H, W)`` in place, in order: write
+    ``n`` puts canvas ``pick[n]`` (``n`` without ``pick``) of ``canvas (M, C, Hc, Wc)`` into image
+    ``rows[n]`` at ``(origin_y[n], origin_x[n])``; pixels outside the image are dropped; ``where``
+    ``(M, 1, Hc, Wc)`` bool: only those pixels (``where[pick[n]]`` for write ``n``)."""
     lib = _library()
-    count = canvas.shape[0]
+    count = origin_y.shape[0]
     if count == 0:
         return
     canvas = canvas.contiguous()
     where = None if where is None else where.contiguous()
     index = [t.to(torch.int64).contiguous() for t in (rows, origin_y, origin_x)]
+    pick = None if pick is None else pick.to(torch.int64).contiguous()
     lib.cai_paste(
         count, images.shape[1], images.shape[-2], images.shape[-1], images.element_size(), images.data_ptr(),
         canvas.data_ptr(), *(t.data_ptr() for t in index), canvas.shape[-2], canvas.shape[-1],
-        None if where is None else where.data_ptr(),
+        None if where is None else where.data_ptr(), None if pick is None else pick.data_ptr(),
     )  # fmt: skip

@@ -87,6 +87,21 @@ def test_compiled_paste_equals_paste_by_slices(dtype, masked):
         assert torch.equal(compiled, by_slices)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_picked_paste_equals_the_paste_of_the_picked_canvases(masked):
+    kernel = _compiled()
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(4, 3, 19, 23, generator=generator)
+    canvas = torch.rand(5, 3, 9, 11, generator=generator)
+    where = torch.rand(5, 1, 9, 11, generator=generator) > 0.5 if masked else None
+    pick, rows = torch.tensor([4, 1, 1]), torch.tensor([0, 3, 2])
+    origin_y, origin_x = _origins(generator, 3, -5, 15)
+    picked, copied = images.clone(), images.clone()
+    kernel.paste_(picked, canvas, rows, origin_y, origin_x, where, pick=pick)
+    resample._paste_loop(copied, canvas[pick], origin_y, origin_x, rows, None if where is None else where[pick])
+    assert torch.equal(picked, copied)
+
+
 def _per_sample_and_batch(demo_bank):
     storage = demo_bank.storage_on("cpu")
     source = torch.tensor([0, 1, 2, 3])

@@ -14,6 +14,18 @@ def _origins(generator, batch, low, high):
     )
 
 
+def _paste_case(generator, dtype, masked):
+    """Four images, three canvases of a random size (and their where masks), origins inside, across the
+    edges and off the images."""
+    images = torch.rand(4, 3, 19, 23, generator=generator)
+    canvas_h, canvas_w = (int(v) for v in torch.randint(1, 36, (2,), generator=generator))
+    canvas = torch.rand(3, 3, canvas_h, canvas_w, generator=generator)
+    if dtype == torch.bool:
+        images, canvas = images > 0.5, canvas > 0.5
+    where = torch.rand(3, 1, canvas_h, canvas_w, generator=generator) > 0.5 if masked else None
+    return (images, canvas, where, *_origins(generator, 3, -40, 26))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
 def test_crop_by_slices_equals_crop_by_gathers(dtype):
     generator = torch.Generator().manual_seed(0)
@@ -31,12 +43,7 @@ def test_crop_by_slices_equals_crop_by_gathers(dtype):
 def test_paste_by_slices_equals_paste_by_index_put(dtype):
     generator = torch.Generator().manual_seed(1)
     for _ in range(50):
-        images = torch.rand(4, 3, 19, 23, generator=generator)
-        canvas_h, canvas_w = (int(v) for v in torch.randint(1, 36, (2,), generator=generator))
-        canvas = torch.rand(3, 3, canvas_h, canvas_w, generator=generator)
-        if dtype == torch.bool:
-            images, canvas = images > 0.5, canvas > 0.5
-        origin_y, origin_x = _origins(generator, 3, -40, 26)
+        images, canvas, _, origin_y, origin_x = _paste_case(generator, dtype, masked=False)
         rows = torch.randperm(4, generator=generator)[:3]  # canvas n goes into image rows[n]
         by_slices, by_index = images.clone(), images.clone()
         resample._paste_loop(by_slices, canvas, origin_y, origin_x, rows)
@@ -73,13 +80,7 @@ def test_compiled_paste_equals_paste_by_slices(dtype, masked):
     kernel = _compiled()
     generator = torch.Generator().manual_seed(3)
     for _ in range(50):
-        images = torch.rand(4, 3, 19, 23, generator=generator)
-        canvas_h, canvas_w = (int(v) for v in torch.randint(1, 36, (2,), generator=generator))
-        canvas = torch.rand(3, 3, canvas_h, canvas_w, generator=generator)
-        if dtype == torch.bool:
-            images, canvas = images > 0.5, canvas > 0.5
-        where = torch.rand(3, 1, canvas_h, canvas_w, generator=generator) > 0.5 if masked else None
-        origin_y, origin_x = _origins(generator, 3, -40, 26)
+        images, canvas, where, origin_y, origin_x = _paste_case(generator, dtype, masked)
         rows = torch.randint(0, 4, (3,), generator=generator)  # windows may share an image: written in order
         compiled, by_slices = images.clone(), images.clone()
         kernel.paste_(compiled, canvas, rows, origin_y, origin_x, where)

@@ -11,9 +11,9 @@ Paths: ``cupy`` (CuPy kernels on the GPU), ``torch-cuda`` (torch path on the sam
 (torch path on the CPU, ``--threads`` threads) and ``opencv`` (``cv2.seamlessClone`` in a Python loop on
 one CPU thread; Poisson only, it has no pipeline of its own). Poisson cases are star-shaped patterns in
 the paper's 4:3:3 mix of large / medium / small (about 180 / 77 / 26 px at 256x256, scaled with the
-image size). The pipeline is ``cai_aug.CAI(bank, anomalies=1, ...)(images)`` on the demo bank and demo
-images (or ``--bank``): one pseudo anomaly per image, as ``seamlessClone`` makes one blend (the
-engine's default ``anomalies`` makes several per image and costs that many times as much).
+image size). The pipeline is ``cai_aug.CAI(bank, ...)(images)`` on the demo bank and demo images (or
+``--bank``) in the default configuration (three anomalies per image, what a user meets), and beside it
+with ``anomalies=1`` (one pseudo anomaly per image, as ``seamlessClone`` makes one blend).
 Times are the best of ``--repeats`` runs after one warm-up; CUDA is synchronised
 around each run. Prints a table and writes a plot of throughput against batch size; ``--json`` writes
 the rows and the device figures. Cases run size by size (all paths at 256 before any at 512);

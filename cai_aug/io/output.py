@@ -313,7 +313,7 @@ class OutputFolder:
             raise ValueError(f"cannot resume {self.root}: its {RUN} is not a JSON object")
         assert self.run is not None
         differences = [
-            f"{name} {json.dumps(self.run.get(name))} (the run: {json.dumps(stored.get(name))})"
+            _difference(name, self.run, stored)
             for name in dict.fromkeys([*self.run, *stored])
             if self.run.get(name) != stored.get(name)
         ]
@@ -568,3 +568,12 @@ def run_offline(
     output.sort_manifest(keys)
     output.write_preview(missing_ok=True)
     return output
+
+
+def _difference(name: str, now: dict, stored: dict) -> str:
+    """One setting that differs between this run and the stored one, as the refusal names it."""
+    if name not in stored:  # a run of an older release, made before the option existed
+        return f"{name} {json.dumps(now[name])} (the run predates this option)"
+    if name not in now:
+        return f"{name} (the run: {json.dumps(stored[name])}; this release has no such setting)"
+    return f"{name} {json.dumps(now[name])} (the run: {json.dumps(stored[name])})"

@@ -176,6 +176,16 @@ def test_a_folder_where_a_run_started_needs_resume_even_without_records(tmp_path
     assert OutputFolder(tmp_path, resume=True, run={"seed": 1}).done == {}
 
 
+def test_a_run_of_an_older_release_without_a_new_option_is_refused_saying_so(tmp_path):
+    # a run.json written before the option existed: the run was made with that release's behaviour
+    OutputFolder(tmp_path, run={"seed": 1, "old": 3}).add(_record("a.png", 0), IMAGE, MASK)
+    with pytest.raises(ValueError) as caught:
+        OutputFolder(tmp_path, resume=True, run={"seed": 1, "overlap": "stack"})
+    message = str(caught.value)
+    assert 'overlap "stack" (the run predates this option)' in message
+    assert "old (the run: 3; this release has no such setting)" in message
+
+
 def test_records_without_the_settings_that_made_them_cannot_be_resumed_as_a_checked_run(tmp_path):
     OutputFolder(tmp_path).add(_record("a.png", 0), IMAGE, MASK)
     with pytest.raises(ValueError, match="not the settings that made them"):

@@ -286,7 +286,8 @@ def paste_(
     leaves them apart; on a GPU the rows of one call must then be distinct images. ``pick``: ``(n,)``,
     write only canvases ``pick`` (and their ``where``), ``origin_*`` and ``rows`` then given per write,
     without copying them out of ``canvas``. Returns ``images``."""
-    if _per_sample(images) and canvas.dtype == images.dtype and cpu_kernel.copy_enabled(images):
+    canvas = canvas.to(images.dtype)  # no copy when the dtypes agree
+    if _per_sample(images) and cpu_kernel.copy_enabled(images):  # picks in place, no subset copies
         count = canvas.shape[0] if pick is None else pick.shape[0]
         rows = torch.arange(count) if rows is None else rows
         cpu_kernel.paste_(images, canvas, rows, origin_y, origin_x, where, pick)
@@ -295,12 +296,8 @@ def paste_(
         canvas, where = canvas[pick], None if where is None else where[pick]
     if rows is None:
         rows = torch.arange(canvas.shape[0], device=canvas.device)
-    canvas = canvas.to(images.dtype)
     if _per_sample(images):
-        if cpu_kernel.copy_enabled(images):
-            cpu_kernel.paste_(images, canvas, rows, origin_y, origin_x, where)
-        else:
-            _paste_loop(images, canvas, origin_y, origin_x, rows, where)
+        _paste_loop(images, canvas, origin_y, origin_x, rows, where)
     else:
         _paste_index(images, canvas, origin_y, origin_x, rows, where)
     return images

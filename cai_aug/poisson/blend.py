@@ -20,7 +20,9 @@ instead: it sets up, solves and writes back every sample on its own ROI, one sam
 system, hierarchy and stopping rules as a bucket; the torch loop is its fallback).
 
 A sample's result does not depend on its batch companions: same ROI, same hierarchy, frozen when it
-has converged.
+has converged. The compiled CPU solve gives the same bits in any batch; the torch loop (CUDA, or a CPU
+without a C++ compiler) solves a bucket on its largest sample's canvas, where the inner products sum
+over another length and round differently: the same decisions and iterations, pixels equal to about 1e-6.
 """
 
 from __future__ import annotations

@@ -22,10 +22,15 @@ def as_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def same_record(a: dict, b: dict) -> None:
-    """The same decisions exactly; the solver's residual (a float diagnostic) to float noise."""
+    """The same decisions exactly; the solver's residual (a float diagnostic) to float noise, also in the
+    records of an image's further anomalies (``more``)."""
     a, b = dict(a), dict(b)
     if "poisson_residual" in a:
         assert a.pop("poisson_residual") == pytest.approx(b.pop("poisson_residual"), rel=1e-2, abs=1e-7)
+    more_a, more_b = a.pop("more", []), b.pop("more", [])
+    assert len(more_a) == len(more_b)
+    for x, y in zip(more_a, more_b):
+        same_record(x, y)
     assert a == b
 
 

@@ -22,7 +22,8 @@ system, hierarchy and stopping rules as a bucket; the torch loop is its fallback
 A sample's result does not depend on its batch companions: same ROI, same hierarchy, frozen when it
 has converged. The compiled CPU solve gives the same bits in any batch; the torch loop (CUDA, or a CPU
 without a C++ compiler) solves a bucket on its largest sample's canvas, where the inner products sum
-over another length and round differently: the same decisions and iterations, pixels equal to about 1e-6.
+over another length and round differently: the same decisions, pixels equal to about 1e-6 (measured
+with the torch loop on the CPU).
 """
 
 from __future__ import annotations

@@ -92,6 +92,17 @@ def without_solver_diagnostics(record: dict) -> dict:
     return out
 
 
+def assert_same_record(a: dict, b: dict) -> None:
+    """The same decisions exactly, also in ``more``; the solver's residual (a float diagnostic) bit for
+    bit with the compiled solver, to float noise with the torch loop."""
+    assert without_solver_diagnostics(a) == without_solver_diagnostics(b)
+    for x, y in zip([a, *a.get("more", [])], [b, *b.get("more", [])], strict=True):
+        if solver_is_compiled():
+            assert x.get("poisson_residual") == y.get("poisson_residual")
+        elif "poisson_residual" in x:
+            assert x["poisson_residual"] == pytest.approx(y["poisson_residual"], rel=1e-2, abs=1e-7)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")

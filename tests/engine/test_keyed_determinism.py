@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import without_solver_diagnostics
+from conftest import assert_same_record
 
 from cai_aug.engine import rng
 from cai_aug.engine.cai import CAI
@@ -22,17 +22,8 @@ def as_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.int16)
 
 
-def same_record(a: dict, b: dict) -> None:
-    """The same decisions exactly; the solver's residual (a float diagnostic) to float noise, also in the
-    records of an image's further anomalies (``more``)."""
-    assert without_solver_diagnostics(a) == without_solver_diagnostics(b)
-    for x, y in zip([a, *a.get("more", [])], [b, *b.get("more", [])]):
-        if "poisson_residual" in x:
-            assert x["poisson_residual"] == pytest.approx(y["poisson_residual"], rel=1e-2, abs=1e-7)
-
-
 def same_sample(result_a, i: int, result_b, j: int) -> None:
-    same_record(result_a.info[i], result_b.info[j])
+    assert_same_record(result_a.info[i], result_b.info[j])
     assert (as_uint8(result_a.images[i]) - as_uint8(result_b.images[j])).abs().max() <= 1
     assert (result_a.masks[i] != result_b.masks[j]).float().mean() <= 1e-3
     assert result_a.labels[i] == result_b.labels[j]
@@ -89,7 +80,7 @@ def test_offline_records_do_not_depend_on_what_was_processed_before(demo_bank, i
     after = [manifest_record(r, 5) for r in make_records(busy, images[7], "b/7.png", 3)]
     assert len(alone) == len(after) == 3
     for a, b in zip(alone, after):
-        same_record(a, b)
+        assert_same_record(a, b)
 
 
 def test_epoch_gives_fresh_anomalies_and_is_reproducible(demo_bank, images, image_keys):
